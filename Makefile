@@ -1,0 +1,47 @@
+# Triptych: the targets a newcomer and CI use. Everything expensive is cached outside the repo
+# (~/.cache/triptych: Kubernetes binaries, images; pip's cache: wheels).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+
+.PHONY: help venv lint fmt test test-unit test-integration test-e2e bench demo cluster-up cluster-down \
+        cluster-status images crds verify
+
+help: ## list targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+venv: ## create .venv with the operator, workers and dev tools
+	@hack/venv
+
+lint: venv ## ruff, mypy --strict, import-linter layering contracts
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+fmt: venv ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: venv ## every test: unit, integration (real servers, the local cluster), end-to-end
+	$(PY) -m pytest tests
+
+test-unit: venv ## fast tests without sockets or the cluster
+	$(PY) -m pytest tests/unit
+
+bench: venv ## benchmarks, each printing ratios against a baseline run side by side
+	$(PY) -m tests.bench
+
+cluster-up: ## build (once) and start the local cluster: control plane, one real node, kwok GPU nodes
+	hack/cluster up
+
+cluster-down: ## stop the local cluster; leaves no process, route or interface behind
+	hack/cluster down
+
+cluster-status: ## show the local cluster's components and nodes
+	hack/cluster status
+
+images: ## build every image in images/ (cached by content) and import it into the real node
+	hack/images build all

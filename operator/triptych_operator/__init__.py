@@ -1,0 +1,1 @@
+"""The Triptych operator: turns a MultimodalDeployment into role Deployments and reports their status."""

@@ -1,0 +1,63 @@
+"""Pure builders: a parsed spec in, the desired child objects out (plain dicts for server-side apply).
+
+No I/O here: everything a builder needs from the cluster (whether nodes advertise RDMA, the autoscaler's
+replica decisions) is passed in by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from triptych_operator.builders.objects import (
+    build_config_map,
+    build_deployment,
+    build_service,
+    worker_config,
+)
+from triptych_operator.settings import OperatorSettings
+from triptych_operator.spec import MultimodalDeploymentSpec
+
+
+def build_children(
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: MultimodalDeploymentSpec,
+    settings: OperatorSettings,
+    *,
+    rdma_available: bool = False,
+    replicas: Mapping[str, int] | None = None,
+) -> list[dict[str, Any]]:
+    """Every desired child of one MultimodalDeployment: per present role (pipeline order) its ConfigMap,
+    Service and Deployment, each with a controller owner reference to `uid`.
+
+    `rdma_available` resolves `networking.transport: auto` (does any node advertise the RDMA resource?).
+    `replicas` maps role -> replica count decided by the autoscaler; roles not in it use the spec's.
+    """
+    out: list[dict[str, Any]] = []
+    for role in spec.present_roles():
+        out.append(build_config_map(name, namespace, uid, spec, role, settings))
+        out.append(build_service(name, namespace, uid, spec, role))
+        out.append(
+            build_deployment(
+                name,
+                namespace,
+                uid,
+                spec,
+                role,
+                settings,
+                rdma_available=rdma_available,
+                replicas=None if replicas is None else replicas.get(role),
+            )
+        )
+    return out
+
+
+__all__ = [
+    "build_children",
+    "build_config_map",
+    "build_deployment",
+    "build_service",
+    "worker_config",
+]

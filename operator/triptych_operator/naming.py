@@ -1,0 +1,64 @@
+"""Names and labels of the objects the operator derives from a MultimodalDeployment.
+
+Every child of `<name>` for role `<role>` is named `<name>-<role>` (Deployment, Service and ConfigMap share
+the name: they are different kinds). `spec.MAX_NAME_LENGTH` keeps the longest (`<name>-frontend`) within a
+63-character DNS-1035 label. Selector labels are the contract's deployment and role labels only, so they never
+change across updates (a Deployment's selector is immutable); the descriptive `app.kubernetes.io/*` labels
+and the backend label go beside them.
+"""
+
+from __future__ import annotations
+
+from triptych_contract import API_GROUP, API_VERSION, KIND, LABEL_BACKEND, LABEL_DEPLOYMENT, LABEL_ROLE
+
+from triptych_operator.spec import Backend, Role
+
+APP_NAME = "triptych"
+MANAGED_BY = "triptych-operator"
+FIELD_MANAGER = "triptych-operator"
+API_VERSION_FULL = f"{API_GROUP}/{API_VERSION}"
+
+
+def child_name(name: str, role: Role) -> str:
+    """Name of the Deployment, Service and ConfigMap of one role."""
+    return f"{name}-{role}"
+
+
+def service_host(name: str, role: Role, namespace: str) -> str:
+    """In-cluster DNS name of a role's Service (without the cluster domain, so it works in any cluster)."""
+    return f"{child_name(name, role)}.{namespace}.svc"
+
+
+def selector_labels(name: str, role: Role) -> dict[str, str]:
+    """Labels that select one role's pods; stable for the object's lifetime."""
+    return {LABEL_DEPLOYMENT: name, LABEL_ROLE: role}
+
+
+def owned_selector(name: str) -> dict[str, str]:
+    """Labels shared by every child of one MultimodalDeployment (to list them, e.g. to prune)."""
+    return {LABEL_DEPLOYMENT: name}
+
+
+def labels(name: str, role: Role, backend: Backend) -> dict[str, str]:
+    """All labels of a role's objects and pods."""
+    return {
+        "app.kubernetes.io/name": APP_NAME,
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": role,
+        "app.kubernetes.io/part-of": APP_NAME,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_BACKEND: backend,
+        **selector_labels(name, role),
+    }
+
+
+def owner_reference(name: str, uid: str) -> dict[str, object]:
+    """The controller owner reference every child carries (deleting the parent deletes the children)."""
+    return {
+        "apiVersion": API_VERSION_FULL,
+        "kind": KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

@@ -1,0 +1,81 @@
+"""Operator settings: one object, built once in main() from the environment and passed explicitly.
+
+pydantic-settings is not a dependency; `OperatorSettings.from_env()` reads `TRIPTYCH_OPERATOR_*` variables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from triptych_operator.spec import Backend
+
+ENV_PREFIX = "TRIPTYCH_OPERATOR_"
+DEFAULT_IMAGE_TAG = "0.1.0"
+
+
+def _default_images() -> dict[Backend, str]:
+    return {
+        b: f"localhost/triptych-worker-{b}:{DEFAULT_IMAGE_TAG}"
+        for b in ("vllm", "sglang", "trtllm", "reference")
+    }
+
+
+class OperatorSettings(BaseModel):
+    """What the builders need besides the spec.
+
+    Environment (all optional): TRIPTYCH_OPERATOR_IMAGE_<BACKEND> (VLLM, SGLANG, TRTLLM, REFERENCE),
+    TRIPTYCH_OPERATOR_FRONTEND_IMAGE, TRIPTYCH_OPERATOR_IMAGE_PULL_POLICY, TRIPTYCH_OPERATOR_NATS_URL,
+    TRIPTYCH_OPERATOR_SHM_<BACKEND> (a quantity), TRIPTYCH_OPERATOR_PROGRESS_DEADLINE_SECONDS.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    images: dict[Backend, str] = Field(
+        default_factory=_default_images, description="Worker image per backend."
+    )
+    frontend_image: str | None = Field(
+        default=None,
+        description="Frontend image; default: the backend's worker image (it has triptych-worker).",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    nats_url: str = "nats://nats.triptych-system.svc:4222"
+    # /dev/shm (a memory emptyDir) per backend: vLLM 8-16 GiB, TRT-LLM up to 80 GiB (REFERENCE.md).
+    shm_sizes: dict[Backend, str] = Field(
+        default_factory=lambda: dict[Backend, str](
+            {"vllm": "16Gi", "sglang": "16Gi", "trtllm": "32Gi", "reference": "256Mi"}
+        )
+    )
+    progress_deadline_seconds: int = Field(default=1200, ge=60)
+
+    def image_for(self, backend: Backend) -> str:
+        return self.images[backend]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
+        env = os.environ if environ is None else environ
+
+        def get(key: str) -> str | None:
+            value = env.get(ENV_PREFIX + key)
+            return value if value else None
+
+        defaults = cls()
+        images = dict(defaults.images)
+        shm = dict(defaults.shm_sizes)
+        for backend in list(images):
+            images[backend] = get(f"IMAGE_{backend.upper()}") or images[backend]
+            shm[backend] = get(f"SHM_{backend.upper()}") or shm[backend]
+        values: dict[str, object] = {"images": images, "shm_sizes": shm}
+        for key, field in (
+            ("FRONTEND_IMAGE", "frontend_image"),
+            ("IMAGE_PULL_POLICY", "image_pull_policy"),
+            ("NATS_URL", "nats_url"),
+            ("PROGRESS_DEADLINE_SECONDS", "progress_deadline_seconds"),
+        ):
+            value = get(key)
+            if value is not None:
+                values[field] = value
+        return cls.model_validate(values)

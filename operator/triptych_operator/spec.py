@@ -1,0 +1,989 @@
+"""The MultimodalDeployment API: pydantic models that are the single source of the CRD (`hack/gen-crd`).
+
+Every field carries a description (it becomes `kubectl explain` text) and a camelCase alias (the Kubernetes
+field name); Python code uses the snake_case names. Cross-field invariants are CEL rules attached to the
+models through `json_schema_extra` (``x-kubernetes-validations``) so the API server refuses invalid objects,
+and each rule has a Python mirror in `validate_spec` / `validate_update` so a spec that slipped past CEL (an
+older CRD, a direct etcd write) still becomes a permanent error naming the same field.
+
+Entry points: `parse_resource` (a whole object as read from the API), `parse_spec` (only `.spec`),
+`validate_update` (the transition rules). They raise `SpecError`, whose `violations` name fields the way the
+API server does (``spec.roles.encode.autoscaling.minReplicas``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic.alias_generators import to_camel
+from triptych_contract import ROLES
+
+Backend = Literal["vllm", "sglang", "trtllm", "reference"]
+Role = Literal["frontend", "encode", "prefill", "decode"]
+WorkerRoleName = Literal["encode", "prefill", "decode"]
+Modality = Literal["image", "video", "audio"]
+Transport = Literal["auto", "rdma", "tcp"]
+Mode = Literal["E/P/D", "E/PD", "EP/D", "EPD"]
+
+GPU_BACKENDS: tuple[Backend, ...] = ("vllm", "sglang", "trtllm")
+WORKER_ROLES: tuple[WorkerRoleName, ...] = ("encode", "prefill", "decode")
+
+# Every derived object is named `<name>-<role>` (naming.py) and Services, which must be DNS-1035 labels, are
+# the tightest limit: 63 characters. The longest suffix is "-frontend" (9), so a name may have 54 characters.
+DNS_LABEL_MAX = 63
+MAX_NAME_LENGTH = DNS_LABEL_MAX - max(len(f"-{role}") for role in ROLES)
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+MAX_GPUS_PER_POD = 16
+TENSOR_PARALLEL_SIZES = (1, 2, 4, 8, 16)
+MAX_REPLICAS = 1000
+RESERVED_ENV_PREFIX = "TRIPTYCH_"
+
+# A non-negative Kubernetes quantity (resource.Quantity's grammar without a sign).
+QUANTITY_PATTERN = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"  # noqa: E501
+_QUANTITY_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "integer"}, {"type": "string"}],
+    "pattern": QUANTITY_PATTERN,
+    "x-kubernetes-int-or-string": True,
+}
+Quantity = Annotated[int | str, WithJsonSchema(_QUANTITY_SCHEMA)]
+
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+RESOURCE_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+DOMAIN_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+def cel(
+    rule: str, message: str, *, field_path: str | None = None, reason: str | None = None
+) -> dict[str, str]:
+    """One `x-kubernetes-validations` entry. `field_path` is relative to where the rule sits (".minReplicas")."""  # noqa: E501
+    entry = {"rule": rule, "message": message}
+    if field_path is not None:
+        entry["fieldPath"] = field_path
+    if reason is not None:
+        entry["reason"] = reason
+    return entry
+
+
+def _validations(*rules: dict[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+class ApiModel(BaseModel):
+    """Base of every API model: camelCase field names on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+class ModelSource(ApiModel):
+    """Where the weights come from: a PersistentVolumeClaim (pvc + path) or a model hub id (hub)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            cel(
+                "has(self.pvc) != has(self.hub)",
+                "set exactly one of model.source.pvc (with path) or model.source.hub",
+                reason="FieldValueInvalid",
+            ),
+            cel(
+                "!has(self.path) || has(self.pvc)",
+                "model.source.path is a path inside model.source.pvc and needs it",
+                field_path=".path",
+                reason="FieldValueRequired",
+            ),
+        )
+    )
+
+    pvc: str | None = Field(
+        default=None,
+        description="Name of a PersistentVolumeClaim in the same namespace that holds the weights; mounted "
+        "read-only at /models in every worker pod.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    )
+    path: str | None = Field(
+        default=None,
+        description="Absolute path of the model directory inside the PVC (e.g. /qwen2.5-vl-7b); defaults to "
+        "the PVC's root.",
+        max_length=1024,
+        pattern=r"^/",
+        json_schema_extra=_validations(
+            cel("!self.split('/').exists(s, s == '..')", "model.source.path must not contain '..' segments")
+        ),
+    )
+    hub: str | None = Field(
+        default=None,
+        description="Model hub id to download (e.g. Qwen/Qwen2.5-VL-7B-Instruct). Use pvc for clusters "
+        "without access to the hub.",
+        min_length=1,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*(/[A-Za-z0-9][-A-Za-z0-9_.]*)?$",
+    )
+
+
+class ModelSpec(ApiModel):
+    """The model to serve."""
+
+    name: str = Field(
+        description="Model name served on the OpenAI API (the `model` field of requests), e.g. "
+        "Qwen/Qwen2.5-VL-7B-Instruct.",
+        min_length=1,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_./:]*$",
+    )
+    source: ModelSource | None = Field(
+        default=None,
+        description="Where the weights come from. Absent: the hub id equal to name.",
+    )
+
+
+# ------------------------------------------------------------------------------------------------ media
+
+
+class MediaSpec(ApiModel):
+    """How the frontend fetches media (image_url, video_url, audio_url parts). Safe by default: public
+    http(s) hosts only, no local files."""
+
+    max_file_size_mb: int = Field(
+        default=50,
+        alias="maxFileSizeMB",
+        description="Largest media file accepted, in MB (10^6 bytes); larger downloads are cut off and refused.",  # noqa: E501
+        ge=1,
+        le=2048,
+    )
+    fetch_timeout_seconds: int = Field(
+        default=30, description="Deadline for fetching one media item, in seconds.", ge=1, le=600
+    )
+    allowed_domains: list[Annotated[str, Field(max_length=253, pattern=DOMAIN_PATTERN)]] = Field(
+        default_factory=list,
+        description="If not empty, only these hosts may be fetched from ('*.example.com' allows subdomains). "
+        "Empty: any public host.",
+        max_length=64,
+    )
+    allowed_local_media_path: str = Field(
+        default="",
+        description="Absolute directory that file:// URLs may read from (the resolved path must stay inside). "  # noqa: E501
+        "Empty: local files are refused.",
+        max_length=4096,
+        pattern=r"^(/.*)?$",
+    )
+    allow_private_networks: bool = Field(
+        default=False,
+        description="Allow fetching from private, loopback, link-local and other non-public addresses "
+        "(SSRF risk: only for trusted clients).",
+    )
+
+
+class EncoderCacheSpec(ApiModel):
+    """The encode role's cache of computed embeddings, keyed by media hash."""
+
+    capacity: Quantity = Field(
+        default="0",
+        description="Capacity in bytes as a Kubernetes quantity (e.g. 8Gi). 0 turns the cache off.",
+    )
+
+
+# ------------------------------------------------------------------------------------------------ networking
+
+
+class RdmaSpec(ApiModel):
+    """RDMA devices and secondary networks for NIXL transfers between encode, prefill and decode pods."""
+
+    resource: str = Field(
+        default="rdma/ib",
+        description="Extended resource name of the RDMA device requested by every worker pod (e.g. rdma/ib, "
+        "rdma/roce).",
+        min_length=1,
+        max_length=253,
+        pattern=RESOURCE_NAME_PATTERN,
+    )
+    count: int = Field(default=1, description="RDMA devices per worker pod.", ge=1, le=16)
+    networks: list[Annotated[str, Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9./@]*[a-z0-9])?$")]] = (
+        Field(
+            default_factory=list,
+            description="Multus secondary networks (NetworkAttachmentDefinition names, `[namespace/]name[@iface]`) "  # noqa: E501
+            "attached to worker pods.",
+            max_length=8,
+        )
+    )
+    ucx: dict[str, Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict,
+        description="UCX/NIXL environment overrides (e.g. UCX_IB_GID_INDEX: '0', UCX_TLS: 'srd,cuda_copy,tcp' "  # noqa: E501
+        "for AWS EFA); replaces the operator's RoCE defaults key by key.",
+        json_schema_extra={
+            "maxProperties": 32,
+            **_validations(
+                cel(
+                    "self.all(k, k.startsWith('UCX_') || k.startsWith('NIXL_'))",
+                    "networking.rdma.ucx keys must be UCX_* or NIXL_* environment variable names",
+                )
+            ),
+        },
+    )
+
+
+class NetworkingSpec(ApiModel):
+    """How KV caches and embeddings move between pods (NIXL over UCX)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            cel(
+                "self.transport != 'rdma' || has(self.rdma)",
+                "networking.rdma is required when transport is rdma: it names the RDMA device resource",
+                field_path=".rdma",
+                reason="FieldValueRequired",
+            ),
+            cel(
+                "self.transport != 'tcp' || !has(self.rdma)",
+                "networking.rdma must not be set when transport is tcp",
+                field_path=".rdma",
+                reason="FieldValueForbidden",
+            ),
+        )
+    )
+
+    transport: Transport = Field(
+        default="auto",
+        description="rdma: request RDMA devices and set UCX for RoCE/InfiniBand; tcp: pin UCX to TCP; auto: "
+        "rdma when the cluster's nodes advertise the RDMA resource, else tcp.",
+    )
+    rdma: RdmaSpec | None = Field(
+        default=None, description="RDMA settings (used by transport rdma and auto)."
+    )
+
+
+# ------------------------------------------------------------------------------------------------ topology
+
+
+class ColocateSpec(ApiModel):
+    """Keep pods of several roles in one topology domain (e.g. prefill and decode on one NVLink rack)."""
+
+    roles: list[WorkerRoleName] = Field(
+        description="The roles to co-locate (each must be present in spec.roles).",
+        min_length=2,
+        max_length=3,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    topology_key: str = Field(
+        default="kubernetes.io/hostname",
+        description="Node label whose value defines a domain (kubernetes.io/hostname, a rack or zone label).",
+        max_length=317,
+        pattern=LABEL_KEY_PATTERN,
+    )
+    mode: Literal["required", "preferred"] = Field(
+        default="preferred",
+        description="required: never schedule outside the domain (pods stay Pending instead); preferred: try.",  # noqa: E501
+    )
+
+
+class SpreadSpec(ApiModel):
+    """Spread each role's replicas over a topology key."""
+
+    topology_key: str = Field(
+        default="topology.kubernetes.io/zone",
+        description="Node label to spread over.",
+        max_length=317,
+        pattern=LABEL_KEY_PATTERN,
+    )
+    max_skew: int = Field(
+        default=1, description="Largest allowed difference in pods between domains.", ge=1, le=100
+    )
+    when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"] = Field(
+        default="ScheduleAnyway", description="What to do when the spread cannot be kept."
+    )
+
+
+class TopologySpec(ApiModel):
+    """GPU placement."""
+
+    gpu_product: str | None = Field(
+        default=None,
+        description="Value of the nvidia.com/gpu.product node label GPU roles must run on "
+        "(e.g. NVIDIA-H100-80GB-HBM3).",
+        min_length=1,
+        max_length=63,
+        pattern=LABEL_VALUE_PATTERN,
+    )
+    colocate: ColocateSpec | None = Field(default=None, description="Co-location of roles.")
+    spread: SpreadSpec | None = Field(default=None, description="Spread of each role's replicas.")
+
+
+# ------------------------------------------------------------------------------------------------ roles
+
+
+class Toleration(ApiModel):
+    """A toleration added to the role's pods (the GPU taint is tolerated automatically on GPU roles)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            cel(
+                "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                "a toleration with operator Exists must not set value",
+                field_path=".value",
+                reason="FieldValueForbidden",
+            )
+        )
+    )
+
+    key: str | None = Field(
+        default=None, description="Taint key; empty with Exists matches every taint.", max_length=317
+    )
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
+    value: str | None = Field(default=None, description="Taint value for Equal.", max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated.", ge=0, le=86400 * 365
+    )
+
+
+class EnvVar(ApiModel):
+    """An environment variable for the role's containers."""
+
+    name: str = Field(description="Variable name.", min_length=1, max_length=256, pattern=ENV_NAME_PATTERN)
+    value: str = Field(default="", description="Value.", max_length=32768)
+
+
+class ResourceRequirements(ApiModel):
+    """CPU/memory requests and limits of the role's main container (GPUs and RDMA devices are added by the
+    operator from tensorParallel and networking)."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict,
+        description="Minimum resources (e.g. cpu: 4, memory: 64Gi).",
+        json_schema_extra={"maxProperties": 16},
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict,
+        description="Maximum resources.",
+        json_schema_extra={"maxProperties": 16},
+    )
+
+
+class AutoscalingTargets(ApiModel):
+    """Per-replica targets; the role scales so the observed average meets them (the higher recommendation wins)."""  # noqa: E501
+
+    queue_depth: int | None = Field(
+        default=None, description="Target requests waiting per replica.", ge=1, le=100000
+    )
+    cache_utilization: int | None = Field(
+        default=None,
+        description="Target cache utilization per replica in percent (encoder cache on encode, KV cache on "
+        "prefill/decode).",
+        ge=1,
+        le=100,
+    )
+
+
+class AutoscalingSpec(ApiModel):
+    """Autoscaling of this role on the metrics its workers publish (stored now, acted on by the autoscaler)."""  # noqa: E501
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            cel(
+                "self.minReplicas <= self.maxReplicas",
+                "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+                field_path=".minReplicas",
+            ),
+            cel(
+                "!self.enabled || (has(self.targets) && (has(self.targets.queueDepth) || "
+                "has(self.targets.cacheUtilization)))",
+                "autoscaling.targets needs queueDepth or cacheUtilization when autoscaling is enabled",
+                field_path=".targets",
+                reason="FieldValueRequired",
+            ),
+        )
+    )
+
+    enabled: bool = Field(default=False, description="Scale this role automatically.")
+    min_replicas: int = Field(default=1, description="Fewest replicas.", ge=0, le=MAX_REPLICAS)
+    max_replicas: int = Field(default=1, description="Most replicas.", ge=1, le=MAX_REPLICAS)
+    targets: AutoscalingTargets | None = Field(default=None, description="Metric targets.")
+
+
+_REPLICAS_IN_RANGE = cel(
+    "!has(self.autoscaling) || !self.autoscaling.enabled || "
+    "(self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)",
+    "replicas must lie within autoscaling.minReplicas..maxReplicas when autoscaling is enabled",
+    field_path=".replicas",
+)
+_GPUS_MATCH = cel(
+    "!has(self.gpus) || self.gpus == self.tensorParallel * self.dataParallelLocal",
+    "gpus must equal tensorParallel x dataParallelLocal (or be left out)",
+    field_path=".gpus",
+)
+_GPUS_BOUNDED = cel(
+    f"self.tensorParallel * self.dataParallelLocal <= {MAX_GPUS_PER_POD}",
+    f"tensorParallel x dataParallelLocal (GPUs per pod) must be at most {MAX_GPUS_PER_POD}",
+    field_path=".dataParallelLocal",
+)
+_ENV_NOT_RESERVED = cel(
+    f"self.all(e, !e.name.startsWith('{RESERVED_ENV_PREFIX}'))",
+    f"env names starting with {RESERVED_ENV_PREFIX} are set by the operator",
+)
+
+
+class RoleBase(ApiModel):
+    """Fields every role has."""
+
+    replicas: int = Field(default=1, description="Number of pods.", ge=0, le=MAX_REPLICAS)
+    image: str | None = Field(
+        default=None,
+        description="Container image overriding the operator's image for this backend.",
+        min_length=1,
+        max_length=512,
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="CPU/memory requests and limits of the main container."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        description="Extra environment variables of the main container.",
+        max_length=64,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            **_validations(_ENV_NOT_RESERVED),
+        },
+    )
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict,
+        description="Node labels the role's pods must match.",
+        json_schema_extra={"maxProperties": 32},
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Extra tolerations of the role's pods.", max_length=16
+    )
+    extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=list,
+        description="Arguments appended to the main container's command line (the backend engine's, or "
+        "triptych-worker's for the reference backend and the frontend).",
+        max_length=64,
+    )
+    autoscaling: AutoscalingSpec | None = Field(default=None, description="Autoscaling of this role.")
+
+
+class FrontendRole(RoleBase):
+    """The OpenAI-compatible frontend (CPU): parses requests, fetches and hashes media safely, and routes to
+    the worker roles. Always deployed; defaults to one replica."""
+
+    model_config = ConfigDict(json_schema_extra=_validations(_REPLICAS_IN_RANGE))
+
+
+class WorkerRole(RoleBase):
+    """A GPU worker pool (CPU for the reference backend)."""
+
+    model_config = ConfigDict(json_schema_extra=_validations(_REPLICAS_IN_RANGE, _GPUS_MATCH, _GPUS_BOUNDED))
+
+    tensor_parallel: int = Field(
+        default=1,
+        description="Tensor-parallel size (a power of two); GPUs per pod = tensorParallel x dataParallelLocal.",  # noqa: E501
+        ge=1,
+        le=MAX_GPUS_PER_POD,
+        json_schema_extra=_validations(
+            cel(
+                f"self in {list(TENSOR_PARALLEL_SIZES)}",
+                f"tensorParallel must be a power of two: one of {', '.join(map(str, TENSOR_PARALLEL_SIZES))}",
+            )
+        ),
+    )
+    data_parallel_local: int = Field(
+        default=1, description="Data-parallel engine ranks inside one pod.", ge=1, le=MAX_GPUS_PER_POD
+    )
+    gpus: int | None = Field(
+        default=None,
+        description="GPUs per pod; derived from tensorParallel x dataParallelLocal. If set it must equal that "  # noqa: E501
+        "product (a cross-check for sizing by hand).",
+        ge=1,
+        le=MAX_GPUS_PER_POD,
+    )
+
+    @property
+    def gpus_per_pod(self) -> int:
+        return self.tensor_parallel * self.data_parallel_local
+
+
+class EncodeRole(WorkerRole):
+    """The encode pool: runs the vision/audio/video encoders and hands embeddings to prefill over NIXL.
+    Absent: encoding folds into prefill (or into decode when prefill is absent too)."""
+
+
+class PrefillRole(WorkerRole):
+    """The prefill pool: prefills prompts (with the encoders' embeddings) and hands the KV cache to decode.
+    Absent: decode prefills too (E/PD, EPD)."""
+
+
+class DecodeRole(WorkerRole):
+    """The decode pool: generates tokens. Always present; absent roles fold into it (EPD: it does everything)."""  # noqa: E501
+
+
+class RolesSpec(ApiModel):
+    """The role pools. Absent roles fold into the next one: E/P/D (encode, prefill, decode), E/PD (no
+    prefill), EP/D (no encode), EPD (decode only)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            cel(
+                "has(self.encode) == has(oldSelf.encode) && has(self.prefill) == has(oldSelf.prefill)",
+                "the serving mode cannot change in place: roles.encode and roles.prefill can be neither added "  # noqa: E501
+                "nor removed (create a new MultimodalDeployment)",
+                reason="FieldValueForbidden",
+            )
+        )
+    )
+
+    frontend: FrontendRole = Field(
+        default_factory=FrontendRole,
+        description=FrontendRole.__doc__ or "",
+        json_schema_extra={"default": {}},
+    )
+    encode: EncodeRole | None = Field(default=None, description=EncodeRole.__doc__ or "")
+    prefill: PrefillRole | None = Field(default=None, description=PrefillRole.__doc__ or "")
+    decode: DecodeRole = Field(description=DecodeRole.__doc__ or "")
+
+
+# ------------------------------------------------------------------------------------------------ spec
+
+
+def _reference_no_gpus_rule(role: WorkerRoleName) -> dict[str, str]:
+    r = f"self.roles.{role}"
+    return cel(
+        f"self.backend != 'reference' || !has({r}) || (!has({r}.gpus) && {r}.tensorParallel == 1 && "
+        f"{r}.dataParallelLocal == 1)",
+        f"the reference backend runs on CPU: roles.{role} must not set gpus, tensorParallel or "
+        "dataParallelLocal",
+        field_path=f".roles.{role}",
+        reason="FieldValueForbidden",
+    )
+
+
+_SPEC_RULES = [
+    cel(
+        "self.backend != 'reference' || !has(self.networking) || self.networking.transport != 'rdma'",
+        "networking.transport rdma is not available with the reference backend (CPU, no RDMA)",
+        field_path=".networking.transport",
+        reason="FieldValueForbidden",
+    ),
+    cel(
+        "self.backend != 'reference' || !has(self.topology) || !has(self.topology.gpuProduct)",
+        "topology.gpuProduct is not available with the reference backend (CPU)",
+        field_path=".topology.gpuProduct",
+        reason="FieldValueForbidden",
+    ),
+    *(_reference_no_gpus_rule(role) for role in WORKER_ROLES),
+    cel(
+        "!has(self.topology) || !has(self.topology.colocate) || self.topology.colocate.roles.all(r, "
+        "r == 'decode' || (r == 'encode' && has(self.roles.encode)) || (r == 'prefill' && has(self.roles.prefill)))",  # noqa: E501
+        "topology.colocate.roles may name only roles present in spec.roles",
+        field_path=".topology.colocate.roles",
+        reason="FieldValueInvalid",
+    ),
+]
+
+
+class MultimodalDeploymentSpec(ApiModel):
+    """A multimodal LLM served as encode / prefill / decode pools behind an OpenAI-compatible frontend."""
+
+    model_config = ConfigDict(json_schema_extra=_validations(*_SPEC_RULES))
+
+    backend: Backend = Field(
+        description="Serving engine: vllm, sglang, trtllm (GPU) or reference (the CPU reference pipeline). "
+        "Immutable.",
+        json_schema_extra=_validations(
+            cel(
+                "self == oldSelf", "spec.backend is immutable: create a new MultimodalDeployment to change it"
+            )
+        ),
+    )
+    model: ModelSpec = Field(description=ModelSpec.__doc__ or "")
+    modalities: list[Modality] = Field(
+        default_factory=lambda: list[Modality](["image"]),
+        description="Media kinds accepted in requests (image, video, audio); others are refused with 400.",
+        min_length=1,
+        max_length=3,
+        json_schema_extra={"x-kubernetes-list-type": "set", "default": ["image"]},
+    )
+    media: MediaSpec = Field(
+        default_factory=MediaSpec, description=MediaSpec.__doc__ or "", json_schema_extra={"default": {}}
+    )
+    encoder_cache: EncoderCacheSpec = Field(
+        default_factory=EncoderCacheSpec,
+        description=EncoderCacheSpec.__doc__ or "",
+        json_schema_extra={"default": {}},
+    )
+    networking: NetworkingSpec = Field(
+        default_factory=NetworkingSpec,
+        description=NetworkingSpec.__doc__ or "",
+        json_schema_extra={"default": {}},
+    )
+    topology: TopologySpec | None = Field(default=None, description=TopologySpec.__doc__ or "")
+    roles: RolesSpec = Field(description=RolesSpec.__doc__ or "")
+
+    @property
+    def mode(self) -> Mode:
+        """The serving mode the present roles fold into."""
+        encode, prefill = self.roles.encode is not None, self.roles.prefill is not None
+        if encode and prefill:
+            return "E/P/D"
+        if encode:
+            return "E/PD"
+        if prefill:
+            return "EP/D"
+        return "EPD"
+
+    def present_roles(self) -> list[Role]:
+        """Roles that get pods, in pipeline order (frontend is always present, decode always)."""
+        roles: list[Role] = ["frontend"]
+        if self.roles.encode is not None:
+            roles.append("encode")
+        if self.roles.prefill is not None:
+            roles.append("prefill")
+        roles.append("decode")
+        return roles
+
+    def role(self, role: Role) -> RoleBase | None:
+        return getattr(self.roles, role)  # type: ignore[no-any-return]
+
+    def worker(self, role: WorkerRoleName) -> WorkerRole | None:
+        return getattr(self.roles, role)  # type: ignore[no-any-return]
+
+    def stages(self, role: Role) -> list[WorkerRoleName]:
+        """The pipeline stages a present role performs after folding (decode in EPD: all three)."""
+        if role == "frontend":
+            return []
+        if role == "encode":
+            return ["encode"]
+        if role == "prefill":
+            return ["prefill"] if self.roles.encode is not None else ["encode", "prefill"]
+        stages: list[WorkerRoleName] = ["decode"]
+        if self.roles.prefill is None:
+            stages.insert(0, "prefill")
+            if self.roles.encode is None:
+                stages.insert(0, "encode")
+        return stages
+
+    @property
+    def uses_gpus(self) -> bool:
+        return self.backend != "reference"
+
+
+# ------------------------------------------------------------------------------------------------ status
+
+
+class Condition(ApiModel):
+    """A status condition (metav1.Condition's shape)."""
+
+    type: str = Field(description="Ready, Reconciling or Stalled.", max_length=316)
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason of the last change.", max_length=1024)
+    message: str = Field(default="", description="Human-readable detail.", max_length=32768)
+    last_transition_time: datetime = Field(
+        description="When status last flipped.", json_schema_extra={"format": "date-time"}
+    )
+    observed_generation: int = Field(
+        default=0, description="metadata.generation this condition reflects.", ge=0
+    )
+
+
+class RoleStatus(ApiModel):
+    """Observed state of one role pool."""
+
+    desired: int = Field(default=0, description="Replicas the operator wants (spec or autoscaler).", ge=0)
+    replicas: int = Field(default=0, description="Pods that exist.", ge=0)
+    ready: int = Field(default=0, description="Pods that are ready.", ge=0)
+    updated: int = Field(default=0, description="Pods running the current template.", ge=0)
+    queue_depth: int | None = Field(default=None, description="Average requests waiting per replica.", ge=0)
+    cache_utilization: int | None = Field(
+        default=None, description="Average cache utilization per replica, percent.", ge=0, le=100
+    )
+    last_scale_time: datetime | None = Field(
+        default=None,
+        description="When the autoscaler last changed desired.",
+        json_schema_extra={"format": "date-time"},
+    )
+    reason: str = Field(default="", description="Why the role is not ready, if it is not.", max_length=1024)
+
+
+class MultimodalDeploymentStatus(ApiModel):
+    """Observed state, written by the operator."""
+
+    observed_generation: int = Field(default=0, description="metadata.generation last reconciled.", ge=0)
+    mode: Mode | None = Field(default=None, description="Serving mode: E/P/D, E/PD, EP/D or EPD.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Reconciling and Stalled (kstatus polarity).",
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    roles: dict[str, RoleStatus] = Field(default_factory=dict, description="Per-role state, keyed by role.")
+    summary: dict[str, str] = Field(
+        default_factory=dict, description="Per-role 'ready/desired' (e.g. 2/2) for kubectl get's columns."
+    )
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One invalid field: `field` is the path the API server would name (spec.roles.encode.gpus)."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class SpecError(ValueError):
+    """A MultimodalDeployment that the API server should have refused (permanent: retrying cannot help)."""
+
+    def __init__(self, violations: Sequence[Violation]) -> None:
+        self.violations = list(violations)
+        super().__init__("; ".join(str(v) for v in self.violations))
+
+    @property
+    def fields(self) -> list[str]:
+        return [v.field for v in self.violations]
+
+
+def _loc_to_path(prefix: str, loc: Sequence[int | str]) -> str:
+    path = prefix
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def _from_validation_error(prefix: str, err: ValidationError) -> SpecError:
+    violations = []
+    for e in err.errors(include_url=False):
+        loc = [p for p in e["loc"] if not (isinstance(p, str) and p in {"int", "str"})]
+        violations.append(Violation(_loc_to_path(prefix, loc), e["msg"]))
+    return SpecError(violations)
+
+
+def parse_quantity(value: int | str) -> Decimal:
+    """A Kubernetes quantity as a number (8Gi -> 8589934592). Raises ValueError on bad syntax."""
+    text = str(value)
+    if not re.fullmatch(QUANTITY_PATTERN, text):
+        raise ValueError(f"not a quantity: {text!r}")
+    suffixes: dict[str, int | Decimal] = {
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+        "Pi": 2**50,
+        "Ei": 2**60,
+        "n": Decimal("1e-9"),
+        "u": Decimal("1e-6"),
+        "m": Decimal("1e-3"),
+        "k": 10**3,
+        "M": 10**6,
+        "G": 10**9,
+        "T": 10**12,
+        "P": 10**15,
+        "E": 10**18,
+    }
+    for suffix, factor in suffixes.items():
+        if text.endswith(suffix):
+            return Decimal(text[: -len(suffix)]) * Decimal(factor)
+    try:
+        return Decimal(text)
+    except InvalidOperation as exc:  # pragma: no cover - the pattern already refuses these
+        raise ValueError(f"not a quantity: {text!r}") from exc
+
+
+def _check_quantity(field: str, value: int | str, out: list[Violation]) -> None:
+    if isinstance(value, int):
+        if value < 0:
+            out.append(Violation(field, "must be a non-negative quantity"))
+    elif not re.fullmatch(QUANTITY_PATTERN, value):
+        out.append(Violation(field, f"should match '{QUANTITY_PATTERN}'"))
+
+
+def validate_name(name: str) -> list[Violation]:
+    """Mirror of the CRD's root rules on metadata.name."""
+    out = []
+    if len(name) > MAX_NAME_LENGTH:
+        out.append(Violation("metadata.name", NAME_TOO_LONG_MESSAGE))
+    if not re.fullmatch(NAME_PATTERN, name):
+        out.append(Violation("metadata.name", NAME_PATTERN_MESSAGE))
+    return out
+
+
+NAME_TOO_LONG_MESSAGE = (
+    f"metadata.name must be at most {MAX_NAME_LENGTH} characters so that every derived name "
+    f"(<name>-frontend, the longest) fits a {DNS_LABEL_MAX}-character Service name and label value"
+)
+NAME_PATTERN_MESSAGE = (
+    "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter) "
+    "because it prefixes Service names"
+)
+ROOT_RULES = [
+    cel(f"self.metadata.name.size() <= {MAX_NAME_LENGTH}", NAME_TOO_LONG_MESSAGE, reason="FieldValueInvalid"),
+    cel(f"self.metadata.name.matches('{NAME_PATTERN}')", NAME_PATTERN_MESSAGE, reason="FieldValueInvalid"),
+]
+
+
+def _validate_role(  # noqa: PLR0912 - a flat list of independent checks
+    path: str, role: RoleBase, out: list[Violation]
+) -> None:
+    a = role.autoscaling
+    if a is not None:
+        if a.min_replicas > a.max_replicas:
+            out.append(
+                Violation(f"{path}.autoscaling.minReplicas", "must not exceed autoscaling.maxReplicas")
+            )
+        if a.enabled and (
+            a.targets is None or (a.targets.queue_depth is None and a.targets.cache_utilization is None)
+        ):
+            out.append(Violation(f"{path}.autoscaling.targets", "needs queueDepth or cacheUtilization"))
+        if a.enabled and not a.min_replicas <= role.replicas <= a.max_replicas:
+            out.append(Violation(f"{path}.replicas", "must lie within autoscaling.minReplicas..maxReplicas"))
+    for i, env in enumerate(role.env):
+        if env.name.startswith(RESERVED_ENV_PREFIX):
+            out.append(Violation(f"{path}.env", f"env[{i}] {env.name}: {RESERVED_ENV_PREFIX}* is reserved"))
+    names = [e.name for e in role.env]
+    for i, env in enumerate(role.env):
+        if env.name in names[:i]:
+            out.append(Violation(f"{path}.env[{i}]", f"duplicate name {env.name!r}"))
+    for i, tol in enumerate(role.tolerations):
+        if tol.operator == "Exists" and tol.value:
+            out.append(Violation(f"{path}.tolerations[{i}].value", "must be empty with operator Exists"))
+    if role.resources is not None:
+        for kind in ("requests", "limits"):
+            for key, value in getattr(role.resources, kind).items():
+                _check_quantity(f"{path}.resources.{kind}.{key}", value, out)
+    if isinstance(role, WorkerRole):
+        if role.tensor_parallel not in TENSOR_PARALLEL_SIZES:
+            out.append(Violation(f"{path}.tensorParallel", "must be a power of two"))
+        if role.gpus is not None and role.gpus != role.gpus_per_pod:
+            out.append(Violation(f"{path}.gpus", "must equal tensorParallel x dataParallelLocal"))
+        if role.gpus_per_pod > MAX_GPUS_PER_POD:
+            out.append(
+                Violation(f"{path}.dataParallelLocal", f"GPUs per pod must be at most {MAX_GPUS_PER_POD}")
+            )
+
+
+def validate_spec(  # noqa: PLR0912 - a flat list of independent checks
+    spec: MultimodalDeploymentSpec,
+) -> list[Violation]:
+    """Python mirror of every CEL rule (and the checks pydantic cannot express); empty when valid."""
+    out: list[Violation] = []
+    src = spec.model.source
+    if src is not None:
+        if (src.pvc is None) == (src.hub is None):
+            out.append(Violation("spec.model.source", "set exactly one of pvc or hub"))
+        if src.path is not None:
+            if src.pvc is None:
+                out.append(Violation("spec.model.source.path", "needs model.source.pvc"))
+            if ".." in src.path.split("/"):
+                out.append(Violation("spec.model.source.path", "must not contain '..' segments"))
+    if len(set(spec.modalities)) != len(spec.modalities):
+        out.append(Violation("spec.modalities", "duplicate entries"))
+    _check_quantity("spec.encoderCache.capacity", spec.encoder_cache.capacity, out)
+    net = spec.networking
+    if net.transport == "rdma" and net.rdma is None:
+        out.append(Violation("spec.networking.rdma", "required when transport is rdma"))
+    if net.transport == "tcp" and net.rdma is not None:
+        out.append(Violation("spec.networking.rdma", "must not be set when transport is tcp"))
+    if net.rdma is not None:
+        bad = [k for k in net.rdma.ucx if not k.startswith(("UCX_", "NIXL_"))]
+        if bad:
+            out.append(Violation("spec.networking.rdma.ucx", f"keys must be UCX_*/NIXL_*: {', '.join(bad)}"))
+    if spec.backend == "reference":
+        if net.transport == "rdma":
+            out.append(
+                Violation("spec.networking.transport", "rdma is not available with the reference backend")
+            )
+        if spec.topology is not None and spec.topology.gpu_product is not None:
+            out.append(Violation("spec.topology.gpuProduct", "not available with the reference backend"))
+        for name in WORKER_ROLES:
+            w = spec.worker(name)
+            if w is not None and (w.gpus is not None or w.tensor_parallel != 1 or w.data_parallel_local != 1):
+                out.append(
+                    Violation(f"spec.roles.{name}", "the reference backend runs on CPU: no GPU fields")
+                )
+    if spec.topology is not None and spec.topology.colocate is not None:
+        roles = spec.topology.colocate.roles
+        if len(set(roles)) != len(roles):
+            out.append(Violation("spec.topology.colocate.roles", "duplicate entries"))
+        missing = [r for r in roles if spec.worker(r) is None]
+        if missing:
+            out.append(Violation("spec.topology.colocate.roles", f"not in spec.roles: {', '.join(missing)}"))
+    for role_name in ROLES:
+        role = spec.role(role_name)
+        if role is not None:
+            _validate_role(f"spec.roles.{role_name}", role, out)
+    return out
+
+
+def validate_update(old: MultimodalDeploymentSpec, new: MultimodalDeploymentSpec) -> list[Violation]:
+    """Python mirror of the transition rules (fields that cannot change in place)."""
+    out = []
+    if old.backend != new.backend:
+        out.append(Violation("spec.backend", "is immutable"))
+    if (old.roles.encode is None) != (new.roles.encode is None) or (old.roles.prefill is None) != (
+        new.roles.prefill is None
+    ):
+        out.append(Violation("spec.roles", "the serving mode cannot change in place"))
+    return out
+
+
+def parse_spec(raw: Mapping[str, Any]) -> MultimodalDeploymentSpec:
+    """Parse and validate `.spec` (a plain mapping as read from the API). Raises SpecError."""
+    try:
+        spec = MultimodalDeploymentSpec.model_validate(dict(raw))
+    except ValidationError as err:
+        raise _from_validation_error("spec", err) from err
+    violations = validate_spec(spec)
+    if violations:
+        raise SpecError(violations)
+    return spec
+
+
+def parse_resource(obj: Mapping[str, Any]) -> MultimodalDeploymentSpec:
+    """Parse a whole MultimodalDeployment (metadata.name checked too). Raises SpecError."""
+    name = str((obj.get("metadata") or {}).get("name", ""))
+    violations = validate_name(name)
+    try:
+        spec = parse_spec(obj.get("spec") or {})
+    except SpecError as err:
+        raise SpecError([*violations, *err.violations]) from err
+    if violations:
+        raise SpecError(violations)
+    return spec
+
+
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "AutoscalingSpec",
+    "Condition",
+    "MultimodalDeploymentSpec",
+    "MultimodalDeploymentStatus",
+    "RoleStatus",
+    "SpecError",
+    "Violation",
+    "parse_quantity",
+    "parse_resource",
+    "parse_spec",
+    "validate_spec",
+    "validate_update",
+]

@@ -1,0 +1,69 @@
+"""Session fixtures shared by every test tier.
+
+``cluster``: the local Kubernetes cluster. It is started if it is not running and stopped afterwards only if
+this session started it (so a developer's running cluster survives a test run).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kube import Kube
+
+REPO = Path(__file__).resolve().parents[1]
+HACK = REPO / "hack"
+
+
+def _tool_dirs() -> dict[str, Path]:
+    out = subprocess.run([str(HACK / "build-tools")], capture_output=True, text=True, check=True).stdout
+    return {name: Path(path) for name, _, path in (line.partition("=") for line in out.splitlines())}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that take the cluster down and up again run last, after everything that shares it."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster_lifecycle") is not None)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Kube]:
+    status = subprocess.run([str(HACK / "cluster"), "status"], capture_output=True, text=True, check=False)
+    started_here = status.returncode != 0
+    if started_here:
+        up = subprocess.run([str(HACK / "cluster"), "up"], stdout=sys.stderr, stderr=sys.stderr, check=False)
+        if up.returncode != 0:
+            pytest.fail("hack/cluster up failed (its last lines are above)", pytrace=False)
+    images = subprocess.run(
+        [str(HACK / "images"), "build", "echo"], stdout=sys.stderr, stderr=sys.stderr, check=False
+    )
+    if images.returncode != 0:
+        pytest.fail("hack/images build echo failed (its last lines are above)", pytrace=False)
+    kubeconfig = Path(
+        subprocess.run(
+            [str(HACK / "cluster"), "kubeconfig"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    tools = _tool_dirs()
+    kube = Kube(
+        kubeconfig=kubeconfig, kubectl_bin=tools["kubernetes"] / "kubectl", helm_bin=tools["helm"] / "helm"
+    )
+    os.environ["KUBECONFIG"] = str(kubeconfig)
+    yield kube
+    if started_here and os.environ.get("TRIPTYCH_KEEP_CLUSTER") != "1":
+        subprocess.run([str(HACK / "cluster"), "down"], stdout=sys.stderr, stderr=sys.stderr, check=False)
+
+
+@pytest.fixture
+def namespace(cluster: Kube) -> Iterator[str]:
+    """One namespace per test, deleted afterwards (without waiting)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    cluster.run("create", "namespace", name)
+    cluster.run("label", "namespace", name, "triptych.dev/test=true")
+    yield name
+    cluster.run("delete", "namespace", name, "--wait=false", check=False)

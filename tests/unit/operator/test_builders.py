@@ -1,0 +1,331 @@
+"""Builders against expected objects written by hand, and golden whole manifests for every example."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import yaml
+from triptych_operator.builders import build_children, build_deployment, build_service
+from triptych_operator.settings import OperatorSettings
+from triptych_operator.spec import Role, parse_resource, parse_spec
+
+ROOT = Path(__file__).resolve().parents[3]
+GOLDEN = Path(__file__).resolve().parent / "golden"
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+SETTINGS = OperatorSettings.from_env({})
+OWNER = [
+    {
+        "apiVersion": "triptych.dev/v1alpha1",
+        "kind": "MultimodalDeployment",
+        "name": "demo",
+        "uid": "u1",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+]
+
+
+def _labels(role: str, backend: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "triptych",
+        "app.kubernetes.io/instance": "demo",
+        "app.kubernetes.io/component": role,
+        "app.kubernetes.io/part-of": "triptych",
+        "app.kubernetes.io/managed-by": "triptych-operator",
+        "triptych.dev/backend": backend,
+        "triptych.dev/deployment": "demo",
+        "triptych.dev/role": role,
+    }
+
+
+def _spec(backend: str = "vllm", **extra: Any) -> Any:
+    raw: dict[str, Any] = {"backend": backend, "model": {"name": "m"}, "roles": {"decode": {}}}
+    raw.update(extra)
+    return parse_spec(raw)
+
+
+def _container(dep: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_frontend_service() -> None:
+    assert build_service("demo", "ns", "u1", _spec(), "frontend") == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "demo-frontend",
+            "namespace": "ns",
+            "labels": _labels("frontend", "vllm"),
+            "ownerReferences": OWNER,
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {"triptych.dev/deployment": "demo", "triptych.dev/role": "frontend"},
+            "ports": [
+                {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"},
+                {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def test_worker_service_is_headless() -> None:
+    svc = build_service("demo", "ns", "u1", _spec("reference"), "decode")
+    assert svc["spec"] == {
+        "clusterIP": "None",
+        "publishNotReadyAddresses": False,
+        "selector": {"triptych.dev/deployment": "demo", "triptych.dev/role": "decode"},
+        "ports": [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}],
+    }
+
+
+def test_reference_decode_deployment() -> None:
+    dep = build_deployment("demo", "ns", "u1", _spec("reference"), "decode", SETTINGS, rdma_available=True)
+    assert dep["metadata"]["name"] == "demo-decode"
+    assert dep["metadata"]["ownerReferences"] == OWNER
+    assert dep["spec"]["selector"] == {
+        "matchLabels": {"triptych.dev/deployment": "demo", "triptych.dev/role": "decode"}
+    }
+    pod = dep["spec"]["template"]["spec"]
+    assert "tolerations" not in pod
+    assert "affinity" not in pod
+    worker = _container(dep, "worker")
+    assert worker["command"] == ["triptych-worker", "decode", "--config", "/etc/triptych/config.yaml"]
+    assert worker["image"] == "localhost/triptych-worker-reference:0.1.0"
+    assert worker["resources"] == {"requests": {"cpu": "250m", "memory": "1Gi"}}
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
+    assert _env(worker)["UCX_TLS"] == "tcp"  # reference never uses RDMA, even when nodes have it
+    assert _env(worker)["TRIPTYCH_POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}} in pod["volumes"]
+
+
+def test_vllm_prefill_rdma() -> None:
+    spec = _spec(
+        roles={"encode": {}, "prefill": {"tensorParallel": 2}, "decode": {}},
+        networking={"transport": "rdma", "rdma": {"networks": ["roce"], "ucx": {"UCX_IB_GID_INDEX": "0"}}},
+        topology={"gpuProduct": "NVIDIA-H100-80GB-HBM3"},
+    )
+    dep = build_deployment("demo", "ns", "u1", spec, "prefill", SETTINGS, rdma_available=False)
+    engine = _container(dep, "engine")
+    assert engine["command"] == [
+        "vllm",
+        "serve",
+        "m",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8001",
+        "--served-model-name",
+        "m",
+        "--tensor-parallel-size",
+        "2",
+        "--ec-transfer-config",
+        '{"ec_connector":"ECCPUConnector","ec_role":"ec_consumer"}',
+        "--kv-transfer-config",
+        '{"kv_connector":"NixlConnector","kv_role":"kv_producer"}',
+    ]
+    assert engine["resources"] == {
+        "requests": {"nvidia.com/gpu": 2, "rdma/ib": 1},
+        "limits": {"nvidia.com/gpu": 2, "rdma/ib": 1},
+    }
+    assert engine["securityContext"] == {"capabilities": {"add": ["IPC_LOCK"]}}
+    env = _env(engine)
+    assert env["VLLM_NIXL_SIDE_CHANNEL_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["UCX_TLS"] == "rc_x,rc,dc_x,dc,cuda_copy,cuda_ipc"
+    assert env["UCX_IB_GID_INDEX"] == "0"
+    assert env["UCX_RNDV_SCHEME"] == "get_zcopy"
+    assert env["UCX_RNDV_THRESH"] == "0"
+    template = dep["spec"]["template"]
+    assert template["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == "roce"
+    pod = template["spec"]
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
+    ]
+    assert pod["affinity"]["nodeAffinity"] == {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {
+                    "matchExpressions": [
+                        {
+                            "key": "nvidia.com/gpu.product",
+                            "operator": "In",
+                            "values": ["NVIDIA-H100-80GB-HBM3"],
+                        }
+                    ]
+                }
+            ]
+        }
+    }
+    assert _container(dep, "worker")["command"] == [
+        "triptych-worker",
+        "prefill",
+        "--config",
+        "/etc/triptych/config.yaml",
+    ]
+
+
+def test_tcp_pins_ucx_and_requests_no_rdma() -> None:
+    spec = _spec(networking={"transport": "tcp"})
+    engine = _container(
+        build_deployment("demo", "ns", "u1", spec, "decode", SETTINGS, rdma_available=True), "engine"
+    )
+    assert _env(engine)["UCX_TLS"] == "tcp,cuda_copy"
+    assert engine["resources"] == {"requests": {"nvidia.com/gpu": 1}, "limits": {"nvidia.com/gpu": 1}}
+
+
+def test_auto_follows_rdma_available() -> None:
+    spec = _spec(networking={"transport": "auto", "rdma": {"resource": "rdma/roce", "count": 2}})
+    with_rdma = build_deployment("demo", "ns", "u1", spec, "decode", SETTINGS, rdma_available=True)
+    assert _container(with_rdma, "engine")["resources"]["limits"]["rdma/roce"] == 2
+    without = build_deployment("demo", "ns", "u1", spec, "decode", SETTINGS, rdma_available=False)
+    assert "rdma/roce" not in _container(without, "engine")["resources"]["limits"]
+
+
+@pytest.mark.parametrize(
+    ("backend", "roles", "role", "flags"),
+    [
+        ("vllm", {"encode": {}, "decode": {}}, "encode", ["--mm-encoder-only", "--ec-transfer-config"]),
+        (
+            "vllm",
+            {"prefill": {}, "decode": {}},
+            "decode",
+            ['{"kv_connector":"NixlConnector","kv_role":"kv_consumer"}'],
+        ),
+        (
+            "sglang",
+            {"prefill": {}, "decode": {}},
+            "prefill",
+            ["--disaggregation-mode", "prefill", "--disaggregation-transfer-backend", "nixl"],
+        ),
+        (
+            "sglang",
+            {"encode": {}, "prefill": {}, "decode": {}},
+            "decode",
+            ["--disaggregation-mode", "decode"],
+        ),
+        ("sglang", {"encode": {}, "decode": {}}, "encode", ["--encoder-only"]),
+        ("trtllm", {"prefill": {}, "decode": {}}, "prefill", ["--server_role", "CONTEXT"]),
+        ("trtllm", {"prefill": {}, "decode": {}}, "decode", ["--server_role", "GENERATION"]),
+        ("trtllm", {"encode": {}, "decode": {}}, "encode", ["mm_embedding_serve"]),
+    ],
+)
+def test_disaggregation_flags(backend: str, roles: dict[str, Any], role: str, flags: list[str]) -> None:
+    spec = _spec(backend, roles=roles)
+    cmd = _container(
+        build_deployment("demo", "ns", "u1", spec, cast("Role", role), SETTINGS, rdma_available=False),
+        "engine",
+    )["command"]
+    joined = " ".join(cmd)
+    assert " ".join(flags) in joined
+
+
+def test_aggregated_vllm_has_no_connectors() -> None:
+    cmd = _container(
+        build_deployment("demo", "ns", "u1", _spec(), "decode", SETTINGS, rdma_available=False), "engine"
+    )["command"]
+    assert not any("transfer-config" in part for part in cmd)
+
+
+def test_colocate_required_term_includes_own_role() -> None:
+    spec = _spec(
+        roles={"prefill": {}, "decode": {}},
+        topology={"colocate": {"roles": ["prefill", "decode"], "mode": "required"}},
+    )
+    pod = build_deployment("demo", "ns", "u1", spec, "decode", SETTINGS, rdma_available=False)["spec"][
+        "template"
+    ]["spec"]
+    assert pod["affinity"]["podAffinity"] == {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "labelSelector": {
+                    "matchLabels": {"triptych.dev/deployment": "demo"},
+                    "matchExpressions": [
+                        {"key": "triptych.dev/role", "operator": "In", "values": ["prefill", "decode"]}
+                    ],
+                },
+                "topologyKey": "kubernetes.io/hostname",
+            }
+        ]
+    }
+
+
+def test_replicas_override_and_user_env_wins() -> None:
+    spec = _spec(roles={"decode": {"replicas": 2, "env": [{"name": "UCX_TLS", "value": "tcp"}]}})
+    dep = build_deployment("demo", "ns", "u1", spec, "decode", SETTINGS, rdma_available=True, replicas=5)
+    assert dep["spec"]["replicas"] == 5
+    assert [e for e in _container(dep, "engine")["env"] if e["name"] == "UCX_TLS"] == [
+        {"name": "UCX_TLS", "value": "tcp"}
+    ]
+
+
+def test_children_order_and_kinds() -> None:
+    spec = _spec(roles={"encode": {}, "decode": {}})
+    got = [(o["kind"], o["metadata"]["name"]) for o in build_children("demo", "ns", "u1", spec, SETTINGS)]
+    assert got == [
+        (kind, f"demo-{role}")
+        for role in ("frontend", "encode", "decode")
+        for kind in ("ConfigMap", "Service", "Deployment")
+    ]
+
+
+def test_config_changes_roll_pods() -> None:
+    a = build_deployment("demo", "ns", "u1", _spec("reference"), "decode", SETTINGS, rdma_available=False)
+    b = build_deployment(
+        "demo",
+        "ns",
+        "u1",
+        parse_spec({"backend": "reference", "model": {"name": "other"}, "roles": {"decode": {}}}),
+        "decode",
+        SETTINGS,
+        rdma_available=False,
+    )
+    key = "triptych.dev/config-sha256"
+    assert (
+        a["spec"]["template"]["metadata"]["annotations"][key]
+        != b["spec"]["template"]["metadata"]["annotations"][key]
+    )
+
+
+def test_settings_from_env() -> None:
+    s = OperatorSettings.from_env(
+        {"TRIPTYCH_OPERATOR_IMAGE_VLLM": "reg/vllm:1", "TRIPTYCH_OPERATOR_NATS_URL": "nats://x:4222"}
+    )
+    assert s.image_for("vllm") == "reg/vllm:1"
+    assert s.nats_url == "nats://x:4222"
+    assert s.image_for("sglang") == "localhost/triptych-worker-sglang:0.1.0"
+
+
+def _render(example: Path) -> str:
+    obj = yaml.safe_load(example.read_text())
+    spec = parse_resource(obj)
+    children = build_children(
+        obj["metadata"]["name"],
+        "default",
+        "00000000-0000-0000-0000-000000000000",
+        spec,
+        SETTINGS,
+        rdma_available=True,
+    )
+    return yaml.safe_dump_all(children, sort_keys=True, width=120)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.stem for e in EXAMPLES])
+def test_golden(example: Path) -> None:
+    golden = GOLDEN / f"{example.stem}.yaml"
+    text = _render(example)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        golden.write_text(text)
+    assert golden.exists(), f"no golden file for {example.name}: run with UPDATE_GOLDEN=1 and review it"
+    assert golden.read_text() == text, f"{golden.name} differs: review the change, then UPDATE_GOLDEN=1"
+
+
+def test_every_example_has_a_golden_file() -> None:
+    assert {p.stem for p in GOLDEN.glob("*.yaml")} == {e.stem for e in EXAMPLES}

@@ -1,0 +1,1 @@
+"""The Triptych worker runtime: protocol, media, hashing, cache, transport, engines and roles."""

@@ -1,0 +1,7 @@
+"""Engines: the model runtimes behind the encode, prefill and decode roles.
+
+``base`` is the interface every backend implements (and the units that travel between roles);
+``text`` holds the torch-free incremental detokenizer with stop strings; ``reference`` is the CPU
+reference backend (a tiny Qwen2-VL-shaped model). Nothing here imports torch at package import time:
+only ``reference.engine`` and ``reference.model_dir`` do, and only when they are imported.
+"""

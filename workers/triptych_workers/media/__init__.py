@@ -1,0 +1,1 @@
+"""Media: fetching bytes safely (connector) separate from decoding them (image, video, audio)."""
