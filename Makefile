@@ -20,16 +20,21 @@ lint: venv ## ruff, mypy --strict, import-linter layering contracts
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(PY) hack/gen-crd --check
 
 fmt: venv ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: venv ## every test: unit, integration (real servers, the local cluster), end-to-end
+test: ## every test: unit, integration (real servers, the local cluster), end-to-end
+	@hack/venv operator,workers,dev,reference
 	$(PY) -m pytest tests
 
 test-unit: venv ## fast tests without sockets or the cluster
 	$(PY) -m pytest tests/unit
+
+demo: ## bring up the local cluster and show it serving (see README)
+	hack/demo
 
 bench: venv ## benchmarks, each printing ratios against a baseline run side by side
 	$(PY) -m tests.bench

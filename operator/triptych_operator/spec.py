@@ -631,7 +631,9 @@ class MultimodalDeploymentSpec(ApiModel):
     networking: NetworkingSpec = Field(
         default_factory=NetworkingSpec,
         description=NetworkingSpec.__doc__ or "",
-        json_schema_extra={"default": {}},
+        # Not {}: the API server checks a default against the CEL rules without applying nested defaults,
+        # and the rules read .transport.
+        json_schema_extra={"default": {"transport": "auto"}},
     )
     topology: TopologySpec | None = Field(default=None, description=TopologySpec.__doc__ or "")
     roles: RolesSpec = Field(description=RolesSpec.__doc__ or "")

@@ -66,3 +66,15 @@ CONFIG_FILE: Final = "config.yaml"
 CONFIG_PATH: Final = f"{CONFIG_DIR}/{CONFIG_FILE}"
 # The serving modes a MultimodalDeployment folds into (which of encode/prefill are separate pools).
 MODES: Final = ("E/P/D", "E/PD", "EP/D", "EPD")
+
+# Added with the transport (issue 6, items 3-4). Data plane: registered memory held by NIXL (pooled, reused),
+# the part of it leased to a published payload not yet read, leases that ran out before their reader came,
+# which data plane a process runs (labels: transport), and a configured RDMA transport that ended up on
+# something else (labels: requested, effective, reason) -- the operator surfaces the last one.
+METRIC_TRANSFER_REGISTERED_BYTES: Final = "triptych_transfer_registered_bytes"
+METRIC_TRANSFER_LEASED_BYTES: Final = "triptych_transfer_leased_bytes"
+METRIC_TRANSFER_LEASES_EXPIRED: Final = "triptych_transfer_leases_expired_total"
+METRIC_DATA_PLANE: Final = "triptych_data_plane_info"
+METRIC_TRANSPORT_DEGRADED: Final = "triptych_transport_degraded"
+# Requests a worker turned away because its local queue was full (labels: role, deployment).
+METRIC_REQUESTS_REJECTED: Final = "triptych_requests_rejected_total"

@@ -50,6 +50,8 @@ def kwokctl_config(
         # the kubelet checks it against the cluster CA and authorizes through the API (no anonymous access).
         "kubelet-client-certificate": str(pki / "admin.crt"),
         "kubelet-client-key": str(pki / "admin.key"),
+        # Dial kubelets by IP: node names do not resolve on the host (and must not be looked up outside).
+        "kubelet-preferred-address-types": "InternalIP",
     }
     controller_manager_args = {
         "service-cluster-ip-range": SERVICE_CIDR,
@@ -162,6 +164,9 @@ def cni_conflist(paths: Paths) -> str:
                 "ipam": {
                     "type": "host-local",
                     "ranges": [[{"subnet": NODE_POD_SUBNET, "gateway": BRIDGE_IP}]],
+                    # Pods route everything through the bridge address: Service IPs are translated on this
+                    # host; anything else is dropped by the egress fence (network.py).
+                    "routes": [{"dst": "0.0.0.0/0"}],
                     "dataDir": str(paths.cni_ipam_dir),
                 },
             },

@@ -5,7 +5,8 @@ Rules (ARCHITECTURE.md, "Networking safety"):
 - pod, service and kwok CIDRs get blackhole routes, so a packet for them that is not for a real pod on the
   bridge has nowhere to go; nothing is masqueraded to the outside;
 - pods may talk to each other and to this host, never past it: forwarded traffic that enters or leaves
-  through any interface other than the bridge is dropped (chain TRIPTYCH-FORWARD);
+  through any interface other than the bridge is dropped (chain TRIPTYCH-FORWARD in the mangle table, which is
+  evaluated before the filter table, where kube-proxy keeps prepending its own accept rules);
 - the API server listens on the bridge address only (pods reach it there through the ``kubernetes`` Service);
   the control plane's own clients dial 127.0.0.1, which one DNAT rule sends to the bridge address.
 Teardown removes all of it, plus what the kubelet, kube-proxy and CNI plugins leave behind.
@@ -76,14 +77,14 @@ def setup(apiserver_port: int) -> None:
         run(["ip", "route", "replace", "blackhole", cidr], what=f"blackhole route {cidr}")
 
     # Egress fence: forwarded packets may only go bridge -> bridge.
-    if not _ipt("-t", "filter", "-nL", FORWARD_CHAIN, check=False):
-        _ipt("-t", "filter", "-N", FORWARD_CHAIN)
-    _ipt("-t", "filter", "-F", FORWARD_CHAIN)
-    _ipt("-t", "filter", "-A", FORWARD_CHAIN, "-i", BRIDGE, "-o", BRIDGE, "-j", "RETURN")
-    _ipt("-t", "filter", "-A", FORWARD_CHAIN, "-i", BRIDGE, "-j", "DROP")
-    _ipt("-t", "filter", "-A", FORWARD_CHAIN, "-o", BRIDGE, "-j", "DROP")
-    if not _ipt("-t", "filter", "-C", "FORWARD", "-j", FORWARD_CHAIN, check=False):
-        _ipt("-t", "filter", "-I", "FORWARD", "1", "-j", FORWARD_CHAIN)
+    if not _ipt("-t", "mangle", "-nL", FORWARD_CHAIN, check=False):
+        _ipt("-t", "mangle", "-N", FORWARD_CHAIN)
+    _ipt("-t", "mangle", "-F", FORWARD_CHAIN)
+    _ipt("-t", "mangle", "-A", FORWARD_CHAIN, "-i", BRIDGE, "-o", BRIDGE, "-j", "RETURN")
+    _ipt("-t", "mangle", "-A", FORWARD_CHAIN, "-i", BRIDGE, "-j", "DROP")
+    _ipt("-t", "mangle", "-A", FORWARD_CHAIN, "-o", BRIDGE, "-j", "DROP")
+    if not _ipt("-t", "mangle", "-C", "FORWARD", "-j", FORWARD_CHAIN, check=False):
+        _ipt("-t", "mangle", "-I", "FORWARD", "1", "-j", FORWARD_CHAIN)
 
     # 127.0.0.1:<api port> -> bridge address, for the control plane's clients and kubeconfigs.
     if not _ipt("-t", "nat", "-nL", NAT_CHAIN, check=False):
@@ -135,7 +136,7 @@ def _chains(table: str, pattern: str, *, v6: bool = False) -> list[str]:
 def teardown(ip_forward_before: str | None) -> list[str]:
     """Remove everything ``setup`` and the node's components added. Returns what was removed."""
     removed: list[str] = []
-    for table, chain in (("filter", FORWARD_CHAIN), ("nat", NAT_CHAIN)):
+    for table, chain in (("filter", FORWARD_CHAIN), ("mangle", FORWARD_CHAIN), ("nat", NAT_CHAIN)):
         if _chains(table, chain):
             _delete_chain(table, chain)
             removed.append(f"iptables {table}/{chain}")

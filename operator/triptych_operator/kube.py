@@ -1,0 +1,496 @@
+"""The only module that talks to the Kubernetes API (the `kubernetes` client; no kopf here).
+
+What the reconciler needs and nothing more: server-side apply of desired children with ONE field manager and
+``force=True`` (the operator owns what it builds; a human's `kubectl edit` of those fields is drift that the
+next apply takes back), listing and deleting owned children, reading what status is computed from
+(Deployments, Pods, Nodes), a merge patch of ``/status``, and Events.
+
+Every call is synchronous (the client is urllib3-based); the async reconciler runs them in threads. API
+errors are mapped to this module's exception tree (`KubeError` and its subclasses by status code), with the
+client's exception chained as the cause and response bodies truncated, so callers decide on retry policy by
+type and never parse HTTP bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from triptych_contract import API_GROUP, API_VERSION, KIND, LABEL_DEPLOYMENT, LABEL_ROLE, PLURAL
+
+from triptych_operator.builders.objects import GPU_PRODUCT_LABEL
+from triptych_operator.naming import FIELD_MANAGER, MANAGED_BY
+from triptych_operator.status import BLOCKER_REASONS, Blocker
+
+BODY_LIMIT = 512  # characters of a response body kept in an error message
+REQUEST_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds: no request may hang a reconcile forever
+NODE_FACTS_TTL = 10.0  # seconds; nodes change rarely, and every reconcile would otherwise list them
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+class KubeError(Exception):
+    """An API request failed. `status` is the HTTP status (0 when no response came back)."""
+
+    transient = False
+
+    def __init__(self, message: str, *, status: int = 0, reason: str = "", body: str = "") -> None:
+        self.status = status
+        self.reason = reason
+        self.body = body[:BODY_LIMIT]
+        super().__init__(message)
+
+
+class NotFound(KubeError):
+    """404: the object (or its namespace, or the resource type) does not exist."""
+
+
+class Conflict(KubeError):
+    """409: a precondition or resourceVersion conflict (or AlreadyExists); retrying reads afresh."""
+
+    transient = True
+
+
+class Invalid(KubeError):
+    """422: the API server refused the object (schema, CEL, immutable field). Permanent for that input."""
+
+
+class Forbidden(KubeError):
+    """401/403: RBAC does not allow the request (the chart's ClusterRole lacks a verb)."""
+
+
+class TooManyRequests(KubeError):
+    """429: API priority and fairness or an eviction budget said later; `retry_after` in seconds."""
+
+    transient = True
+
+    def __init__(self, message: str, *, retry_after: float, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ServerError(KubeError):
+    """5xx: the API server (or etcd, or a webhook) failed; transient."""
+
+    transient = True
+
+
+class Unavailable(KubeError):
+    """No response: connection refused/reset, timeout, TLS failure (API server restarting)."""
+
+    transient = True
+
+
+def _status_error(  # noqa: PLR0911 - one return per status class
+    status: int, reason: str, body: str, what: str, headers: Mapping[str, str]
+) -> KubeError:
+    message = f"{what}: {status} {reason}"
+    try:
+        detail = json.loads(body).get("message", "")
+    except (ValueError, AttributeError):
+        detail = ""
+    if detail:
+        message += f": {detail[:BODY_LIMIT]}"
+    kwargs: dict[str, Any] = {"status": status, "reason": reason, "body": body}
+    if status == 404:
+        return NotFound(message, **kwargs)
+    if status == 409:
+        return Conflict(message, **kwargs)
+    if status == 422:
+        return Invalid(message, **kwargs)
+    if status in (401, 403):
+        return Forbidden(message, **kwargs)
+    if status == 429:
+        try:
+            retry_after = float(headers.get("Retry-After", "1"))
+        except ValueError:
+            retry_after = 1.0
+        return TooManyRequests(message, retry_after=retry_after, **kwargs)
+    if status >= 500:
+        return ServerError(message, **kwargs)
+    return KubeError(message, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ paths
+
+# The kinds the builders produce, with their API paths (no discovery needed: they are core kinds).
+_PATHS: dict[tuple[str, str], tuple[str, str]] = {
+    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
+    ("v1", "Service"): ("/api/v1", "services"),
+    ("v1", "ConfigMap"): ("/api/v1", "configmaps"),
+}
+CHILD_KINDS: tuple[tuple[str, str], ...] = tuple(_PATHS)
+_CR_PREFIX = f"/apis/{API_GROUP}/{API_VERSION}"
+
+
+def _collection(api_version: str, kind: str, namespace: str) -> str:
+    try:
+        prefix, plural = _PATHS[(api_version, kind)]
+    except KeyError:
+        raise ValueError(f"kind {api_version}/{kind} is not one the operator manages") from None
+    return f"{prefix}/namespaces/{namespace}/{plural}"
+
+
+def _selector(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What the reconciler needs to know about nodes: extended resources any node can allocate (RDMA for
+    transport auto) and the GPU products present (to explain an unschedulable gpuProduct)."""
+
+    resources: frozenset[str]
+    gpu_products: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ChildRef:
+    """One existing child as listed: enough to tell whether it is still desired and to delete it."""
+
+    api_version: str
+    kind: str
+    name: str
+    uid: str
+    controller_uid: str | None
+
+
+@dataclass
+class _Cached:
+    value: NodeFacts | None = None
+    at: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+# ------------------------------------------------------------------------------------------------ client
+
+
+class Kube:
+    """Synchronous access to the API for one operator process. Thread-safe (urllib3's pool is)."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._api = api_client
+        self._nodes = _Cached()
+
+    @classmethod
+    def from_environment(cls) -> Kube:
+        """In a pod: the ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config (`make run`)."""
+        configuration = client.Configuration()
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        else:
+            config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        # Enough connections for the reconciler's worker threads, so none waits on the pool.
+        configuration.connection_pool_maxsize = 16
+        return cls(client.ApiClient(configuration))
+
+    def close(self) -> None:
+        self._api.close()  # type: ignore[no-untyped-call]
+
+    # ------------------------------------------------------------------------------------------ transport
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str = "application/json",
+        what: str,
+    ) -> Any:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        _, url, headers, body, _ = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list(query),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._api.call_api(
+                method, url, header_params=headers, body=body, _request_timeout=REQUEST_TIMEOUT
+            )
+            data = response.read()  # type: ignore[no-untyped-call]
+        except ApiException as exc:
+            raise _status_error(
+                int(exc.status or 0),
+                str(exc.reason or ""),
+                str(exc.body or ""),
+                what,
+                dict(exc.headers or {}),
+            ) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Unavailable(f"{what}: {type(exc).__name__}: {str(exc)[:BODY_LIMIT]}") from exc
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data or "")
+        if not 200 <= response.status <= 299:
+            raise _status_error(response.status, str(response.reason), text, what, dict(response.headers))
+        return json.loads(text) if text else None
+
+    def _list(self, path: str, selector: str, what: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:  # paginated so a large namespace does not make one huge response
+            query = [("labelSelector", selector), ("limit", "500")]
+            if token:
+                query.append(("continue", token))
+            page = self._request("GET", path, query=query, what=what)
+            items.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return items
+
+    # ------------------------------------------------------------------------------------------ owner
+
+    def get_owner(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The MultimodalDeployment, or None when it does not exist (any more)."""
+        try:
+            obj: dict[str, Any] = self._request(
+                "GET",
+                f"{_CR_PREFIX}/namespaces/{namespace}/{PLURAL}/{name}",
+                what=f"get {KIND} {namespace}/{name}",
+            )
+        except NotFound:
+            return None
+        return obj
+
+    def patch_status(
+        self, namespace: str, name: str, old: Mapping[str, Any] | None, new: Mapping[str, Any]
+    ) -> None:
+        """Merge-patch `/status` from `old` (as read) to `new`: keys that `new` drops are sent as null, since
+        a merge patch otherwise keeps them. The caller only calls this when `status_changed` says so."""
+        self._request(
+            "PATCH",
+            f"{_CR_PREFIX}/namespaces/{namespace}/{PLURAL}/{name}/status",
+            body={"status": merge_patch(old or {}, new)},
+            content_type="application/merge-patch+json",
+            what=f"patch {KIND} {namespace}/{name} status",
+        )
+
+    # ------------------------------------------------------------------------------------------ children
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply one child as the operator's field manager, taking over conflicting fields."""
+        meta = obj["metadata"]
+        path = f"{_collection(obj['apiVersion'], obj['kind'], meta['namespace'])}/{meta['name']}"
+        result: dict[str, Any] = self._request(
+            "PATCH",
+            path,
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            # JSON is YAML, so the apply-patch content type takes the JSON-serialised object.
+            body=dict(obj),
+            content_type="application/apply-patch+yaml",
+            what=f"apply {obj['kind']} {meta['namespace']}/{meta['name']}",
+        )
+        return result
+
+    def list_children(
+        self, namespace: str, owner: str, kinds: Iterable[tuple[str, str]] = CHILD_KINDS
+    ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """Existing children of one MultimodalDeployment by (apiVersion, kind), found by the owner label."""
+        selector = _selector({LABEL_DEPLOYMENT: owner, "app.kubernetes.io/managed-by": MANAGED_BY})
+        return {
+            (av, kind): self._list(
+                _collection(av, kind, namespace), selector, f"list {kind}s of {namespace}/{owner}"
+            )
+            for av, kind in kinds
+        }
+
+    def delete(self, ref: ChildRef, namespace: str) -> bool:
+        """Delete one child, only if it is still the object that was listed (uid precondition). False if it
+        was already gone."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "preconditions": {"uid": ref.uid},
+            "propagationPolicy": "Background",
+        }
+        try:
+            self._request(
+                "DELETE",
+                f"{_collection(ref.api_version, ref.kind, namespace)}/{ref.name}",
+                body=body,
+                what=f"delete {ref.kind} {namespace}/{ref.name}",
+            )
+        except NotFound:
+            return False
+        return True
+
+    # ------------------------------------------------------------------------------------------ observing
+
+    def pods(self, namespace: str, owner: str) -> list[dict[str, Any]]:
+        return self._list(
+            f"/api/v1/namespaces/{namespace}/pods",
+            _selector({LABEL_DEPLOYMENT: owner}),
+            f"list pods of {namespace}/{owner}",
+        )
+
+    def node_facts(self) -> NodeFacts:
+        """Allocatable extended resources and GPU products over all nodes, cached for NODE_FACTS_TTL."""
+        cached = self._nodes
+        with cached.lock:
+            if cached.value is not None and time.monotonic() - cached.at < NODE_FACTS_TTL:
+                return cached.value
+            nodes = self._list("/api/v1/nodes", "", "list nodes")
+            resources: set[str] = set()
+            products: set[str] = set()
+            for node in nodes:
+                for name, quantity in ((node.get("status") or {}).get("allocatable") or {}).items():
+                    if str(quantity) not in ("0", "0k", "0m"):
+                        resources.add(name)
+                product = ((node.get("metadata") or {}).get("labels") or {}).get(GPU_PRODUCT_LABEL)
+                if product:
+                    products.add(product)
+            cached.value = NodeFacts(frozenset(resources), frozenset(products))
+            cached.at = time.monotonic()
+            return cached.value
+
+    def emit_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """Record a core/v1 Event on the MultimodalDeployment (`kubectl describe mmdeploy` shows it)."""
+        meta = owner["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid", ""),
+                "resourceVersion": meta.get("resourceVersion", ""),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": MANAGED_BY},
+            "reportingComponent": MANAGED_BY,
+            "reportingInstance": os.environ.get("HOSTNAME", MANAGED_BY),
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self._request(
+            "POST",
+            f"/api/v1/namespaces/{meta['namespace']}/events",
+            body=event,
+            what=f"create event on {meta['namespace']}/{meta['name']}",
+        )
+
+
+# ------------------------------------------------------------------------------------------- pure helpers
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch (RFC 7386) turning `old` into `new`: changed keys, and None for removed ones."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            sub = merge_patch(before, value)
+            if sub:
+                patch[key] = sub
+        elif value != before:
+            patch[key] = value
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
+
+
+def child_refs(listed: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]) -> list[ChildRef]:
+    out = []
+    for (api_version, kind), items in listed.items():
+        for item in items:
+            meta = item.get("metadata") or {}
+            controller = next(
+                (o.get("uid") for o in meta.get("ownerReferences") or [] if o.get("controller")), None
+            )
+            out.append(ChildRef(api_version, kind, meta.get("name", ""), meta.get("uid", ""), controller))
+    return out
+
+
+def stale_children(
+    existing: Iterable[ChildRef], desired: Iterable[Mapping[str, Any]], owner_uid: str
+) -> list[ChildRef]:
+    """Children controlled by `owner_uid` that the desired state no longer has (a removed role). Objects
+    with our labels but another controller are never touched."""
+    wanted = {(d["apiVersion"], d["kind"], d["metadata"]["name"]) for d in desired}
+    return [
+        r for r in existing if r.controller_uid == owner_uid and (r.api_version, r.kind, r.name) not in wanted
+    ]
+
+
+def pod_blockers(pods: Iterable[Mapping[str, Any]], facts: NodeFacts | None = None) -> list[Blocker]:
+    """What keeps pods from running: Unschedulable (PodScheduled=False), or a container waiting with one of
+    status.BLOCKER_REASONS (image pulls, crash loops). One blocker per (role, reason), first message kept.
+    When a pod is unschedulable because it asks for a GPU product no node has, say so (the scheduler's
+    message only counts nodes that did not match)."""
+    found: dict[tuple[str, str], Blocker] = {}
+    for pod in pods:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        role = str((meta.get("labels") or {}).get(LABEL_ROLE, ""))
+        for cond in status.get("conditions") or []:
+            if (
+                cond.get("type") == "PodScheduled"
+                and cond.get("status") == "False"
+                and cond.get("reason") == "Unschedulable"
+            ):
+                reason, message = "Unschedulable", str(cond.get("message", ""))
+                product = _required_gpu_product(pod)
+                if product is not None and facts is not None and product not in facts.gpu_products:
+                    reason = "GPUProductUnavailable"
+                    message = f"no node has {GPU_PRODUCT_LABEL}={product} ({message})"
+                found.setdefault((role, reason), Blocker(role, reason, message))
+        for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in BLOCKER_REASONS:
+                reason = str(waiting["reason"])
+                message = f"container {cs.get('name')}: {waiting.get('message', '')}".strip()
+                found.setdefault((role, reason), Blocker(role, reason, message))
+    return list(found.values())
+
+
+def _required_gpu_product(pod: Mapping[str, Any]) -> str | None:
+    affinity = ((pod.get("spec") or {}).get("affinity") or {}).get("nodeAffinity") or {}
+    required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    for term in required.get("nodeSelectorTerms") or []:
+        for expr in term.get("matchExpressions") or []:
+            if expr.get("key") == GPU_PRODUCT_LABEL and expr.get("operator") == "In" and expr.get("values"):
+                return str(expr["values"][0])
+    return None
+
+
+__all__ = [
+    "CHILD_KINDS",
+    "ChildRef",
+    "Conflict",
+    "Forbidden",
+    "Invalid",
+    "Kube",
+    "KubeError",
+    "NodeFacts",
+    "NotFound",
+    "ServerError",
+    "TooManyRequests",
+    "Unavailable",
+    "child_refs",
+    "merge_patch",
+    "pod_blockers",
+    "stale_children",
+]

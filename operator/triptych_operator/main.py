@@ -1,0 +1,67 @@
+"""`triptych-operator`: build the settings, the API client and the Reconciler once, then run kopf.
+
+    triptych-operator --peering triptych                 # in the cluster (the chart's Deployment)
+    triptych-operator --peering triptych --priority 1000 # a developer's `make run`: the in-cluster one pauses
+    triptych-operator --standalone                       # no peering objects (no chart installed)
+
+HA: kopf has no leader election; peers with a lower priority pause while a higher one is alive, and peers
+with the SAME priority all pause. Replicas of one Deployment therefore add a random offset below 100 to the
+base priority: the highest runs, the others stand by and take over when its peering record expires. (Two
+replicas drawing the same offset both pause until one restarts; server-side apply keeps even a double
+reconcile harmless.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+
+import kopf
+
+from triptych_operator.handlers import build_registry, kopf_settings
+from triptych_operator.handlers.reconcile import Reconciler
+from triptych_operator.kube import Kube
+from triptych_operator.settings import OperatorSettings
+
+PRIORITY_SPREAD = 100
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="triptych-operator", description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--peering", default="triptych", help="ClusterKopfPeering name (default: triptych)")
+    mode.add_argument("--standalone", action="store_true", help="run without peering")
+    parser.add_argument("--priority", type=int, default=0, help="base peering priority (default: 0)")
+    parser.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8080/healthz",
+        help="kopf's liveness endpoint (empty: none)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _args(argv)
+    kopf.configure(verbose=args.verbose, log_prefix=True)
+    settings = OperatorSettings.from_env()
+    kube = Kube.from_environment()
+    logging.getLogger(__name__).info("worker images: %s", settings.images)
+    try:
+        kopf.run(
+            registry=build_registry(),
+            settings=kopf_settings(),
+            clusterwide=True,
+            standalone=True if args.standalone else None,
+            peering_name=None if args.standalone else args.peering,
+            priority=args.priority + random.randrange(PRIORITY_SPREAD),  # noqa: S311 - not security
+            liveness_endpoint=args.liveness or None,
+            memo=kopf.Memo(reconciler=Reconciler(kube, settings)),
+        )
+    finally:
+        kube.close()
+
+
+if __name__ == "__main__":
+    main()
