@@ -1,5 +1,6 @@
 """``hack/cluster`` lifecycle: ``up`` on a running cluster is a no-op, ``down`` leaves no process, route,
-interface or rule behind, and ``up`` after ``down`` works. Runs after every other test (it restarts the cluster).
+interface or rule behind, and ``up`` after ``down`` works. Runs after every other test (it restarts the
+cluster).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.cluster_lifecycle]
 
 
 def hack(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(HACK / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return subprocess.run(
+        [str(HACK / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def cluster_pids(state: Path) -> dict[int, str]:
@@ -66,17 +68,31 @@ def test_up_when_up_is_a_noop_and_down_leaves_nothing_and_up_works_again(cluster
     status = hack("cluster", "status")
     assert status.returncode == 3, status.stdout
     assert "leftovers" not in status.stdout, status.stdout
-    assert subprocess.run(["ip", "link", "show", "triptych0"], capture_output=True, check=False).returncode != 0
-    routes = subprocess.run(["ip", "route", "show", "type", "blackhole"], capture_output=True, text=True,
-                            check=True).stdout
+    assert (
+        subprocess.run(["ip", "link", "show", "triptych0"], capture_output=True, check=False).returncode != 0
+    )
+    routes = subprocess.run(
+        ["ip", "route", "show", "type", "blackhole"], capture_output=True, text=True, check=True
+    ).stdout
     assert routes.strip() == ""
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
-    assert "KUBE-" not in rules and "TRIPTYCH-" not in rules and "CNI-" not in rules
-    assert not any(Path("/var/run/netns").glob("cni-*")) if Path("/var/run/netns").exists() else True
+    for prefix in ("KUBE-", "TRIPTYCH-", "CNI-"):
+        assert prefix not in rules
+    assert not list(Path("/var/run/netns").glob("cni-*"))
 
     up = hack("cluster", "up")
     assert up.returncode == 0, up.stderr
-    wait_for("5 nodes Ready", lambda: len([
-        n for n in cluster.json("get", "nodes")["items"]
-        if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
-    ]) == 5, timeout=60)
+    wait_for(
+        "5 nodes Ready",
+        lambda: (
+            len(
+                [
+                    n
+                    for n in cluster.json("get", "nodes")["items"]
+                    if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
+                ]
+            )
+            == 5
+        ),
+        timeout=60,
+    )
