@@ -212,7 +212,7 @@ def build_image(name: str, force: bool, base_key: str) -> str:
         "chroot",
         "--network",
         "host",
-        "--layers=false",
+        "--layers",
         "--label",
         f"triptych.content-hash={key}",
         "-t",

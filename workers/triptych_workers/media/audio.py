@@ -11,7 +11,6 @@ Blocking CPU work: on the event loop use :func:`decode_audio_async` with the app
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from av.container import InputContainer
 from pydantic import BaseModel, ConfigDict, Field
 
 from triptych_workers.media.errors import MediaDecodeError, MediaLimitExceeded, UnsupportedMediaFormat
+from triptych_workers.media.pyav import allowed_codec, decode_container
 
 #: Decoders we run on untrusted audio, by FFmpeg decoder name: what wav/mp3/flac/ogg files carry.
 ALLOWED_AUDIO_CODECS: Final = frozenset(
@@ -57,7 +57,6 @@ _DURATION_IN_HEADER: Final = frozenset({"flac", "mp3"})
 _RIFF_SIZE_UNKNOWN: Final = (0, 0xFFFFFFFF)  # what streaming writers put before they know the length
 
 # What PyAV raises on truncated or corrupt input. Not ``Exception``: bugs of ours must reach the 500 handler.
-_CORRUPT_INPUT_ERRORS: Final = (av.error.FFmpegError, EOFError, OSError, ValueError, IndexError)
 
 
 class AudioOptions(BaseModel):
@@ -128,13 +127,12 @@ def decode_audio(data: bytes, options: AudioOptions | None = None) -> DecodedAud
         raise UnsupportedMediaFormat("audio bytes are not WAV, FLAC, Ogg or MP3")
     if container_name == "wav" and riff_shortfall(data) > 0:
         raise MediaDecodeError(f"wav audio is truncated: {riff_shortfall(data)} bytes missing")
-    try:
-        with av.open(
-            io.BytesIO(data), mode="r", format=container_name, metadata_errors="replace"
-        ) as container:
-            return _decode_open_container(container, container_name, options)
-    except _CORRUPT_INPUT_ERRORS as exc:
-        raise MediaDecodeError(f"{container_name} audio is truncated or corrupt: {_describe(exc)}") from exc
+    return decode_container(
+        data,
+        container_name,
+        "audio",
+        partial(_decode_open_container, container_name=container_name, options=options),
+    )
 
 
 async def decode_audio_async(
@@ -152,10 +150,7 @@ def _decode_open_container(
         raise MediaDecodeError(f"{container_name} file has no audio stream")
     stream = container.streams.audio[0]
     ctx = stream.codec_context
-    # PyAV's stubs say never None, but it is when FFmpeg has no decoder for the stream's codec id.
-    codec = str(ctx.name) if ctx is not None else "unknown"
-    if codec not in ALLOWED_AUDIO_CODECS:
-        raise UnsupportedMediaFormat(f"audio codec {codec!r} is not allowed")
+    codec = allowed_codec(ctx, "audio", ALLOWED_AUDIO_CODECS)
     declared_s = container.duration / av.time_base if container.duration is not None else None
     if declared_s is not None and declared_s > options.max_duration_s:
         raise MediaLimitExceeded(_too_long(declared_s, options))
@@ -211,7 +206,3 @@ def _decoded_frames(container: InputContainer, stream: av.AudioStream) -> Iterat
 
 def _too_long(duration_s: float, options: AudioOptions) -> str:
     return f"audio lasts {duration_s:.1f} s, above the limit of {options.max_duration_s} s"
-
-
-def _describe(exc: BaseException) -> str:
-    return (str(exc) or type(exc).__name__)[:200]

@@ -19,7 +19,6 @@ Blocking CPU work: on the event loop use :func:`decode_video_async` with the app
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from av.packet import Packet
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from triptych_workers.media.errors import MediaDecodeError, MediaLimitExceeded, UnsupportedMediaFormat
+from triptych_workers.media.pyav import allowed_codec, decode_container
 
 #: Decoders we run on untrusted input: the codecs real clients send. Names are FFmpeg decoder names.
 ALLOWED_VIDEO_CODECS: Final = frozenset(
@@ -46,7 +46,6 @@ ALLOWED_VIDEO_CODECS: Final = frozenset(
 DEFAULT_NUM_FRAMES: Final = 32
 
 # What PyAV raises on truncated or corrupt input. Not ``Exception``: bugs of ours must reach the 500 handler.
-_CORRUPT_INPUT_ERRORS: Final = (av.error.FFmpegError, EOFError, OSError, ValueError, IndexError)
 
 
 class VideoOptions(BaseModel):
@@ -175,13 +174,12 @@ def decode_video(data: bytes, options: VideoOptions | None = None) -> DecodedVid
     container_name = sniff_video_container(data)
     if container_name is None:
         raise UnsupportedMediaFormat("video bytes are not MP4/MOV or WebM/Matroska")
-    try:
-        with av.open(
-            io.BytesIO(data), mode="r", format=container_name, metadata_errors="replace"
-        ) as container:
-            return _decode_open_container(container, container_name, options)
-    except _CORRUPT_INPUT_ERRORS as exc:
-        raise MediaDecodeError(f"{container_name} video is truncated or corrupt: {_describe(exc)}") from exc
+    return decode_container(
+        data,
+        container_name,
+        "video",
+        partial(_decode_open_container, container_name=container_name, options=options),
+    )
 
 
 async def decode_video_async(
@@ -199,10 +197,7 @@ def _decode_open_container(
         raise MediaDecodeError(f"{container_name} file has no video stream")
     stream = container.streams.video[0]
     ctx = stream.codec_context
-    # PyAV's stubs say never None, but it is when FFmpeg has no decoder for the stream's codec id.
-    codec = str(ctx.name) if ctx is not None else "unknown"
-    if codec not in ALLOWED_VIDEO_CODECS:
-        raise UnsupportedMediaFormat(f"video codec {codec!r} is not allowed")
+    codec = allowed_codec(ctx, "video", ALLOWED_VIDEO_CODECS)
     _check_resolution(int(ctx.width), int(ctx.height), options, "header")
     declared_s = _declared_duration(container, stream)
     if declared_s is not None:
@@ -341,7 +336,3 @@ def _check_duration(duration_s: float, options: VideoOptions) -> None:
         raise MediaLimitExceeded(
             f"video lasts {duration_s:.1f} s, above the limit of {options.max_duration_s} s"
         )
-
-
-def _describe(exc: BaseException) -> str:
-    return (str(exc) or type(exc).__name__)[:200]
