@@ -212,3 +212,79 @@ def fake_resolver(table: dict[str, list[str]], calls: list[str] | None = None) -
         return table[host]
 
     return resolve
+
+
+# --- A real nats-server on loopback (transport tests) -------------------------------------------------------
+
+NATS_SERVER_BINARY = "/usr/sbin/nats-server"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class NatsServerProcess:
+    """``nats-server`` on 127.0.0.1 at a free port; ``restart()`` keeps the port so clients can reconnect."""
+
+    def __init__(self, binary: str = NATS_SERVER_BINARY) -> None:
+        self.binary = binary
+        self.port = _free_port()
+        self.process: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, deadline_s: float = 10.0) -> None:
+        import subprocess
+
+        self.process = subprocess.Popen(
+            [self.binary, "-a", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + deadline_s
+        while True:  # ready when it greets a client with its INFO line
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    conn.settimeout(1)
+                    if conn.recv(4).startswith(b"INFO"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"nats-server not ready on port {self.port} within {deadline_s} s")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except Exception:
+                process.kill()
+                process.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServerProcess]:
+    import os
+
+    if not os.path.exists(NATS_SERVER_BINARY):
+        pytest.skip(f"{NATS_SERVER_BINARY} is not installed")
+    server = NatsServerProcess()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

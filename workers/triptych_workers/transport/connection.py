@@ -51,14 +51,13 @@ class NatsConnection:
     async def start(self) -> None:
         s = self.settings
         try:
-            # nats-py annotates these as int but uses them as float seconds.
             self._client = await nats.connect(
                 servers=list(s.servers),
                 name=s.name,
-                connect_timeout=s.connect_timeout_s,  # type: ignore[arg-type]
-                reconnect_time_wait=s.reconnect_wait_s,  # type: ignore[arg-type]
+                connect_timeout=s.connect_timeout_s,
+                reconnect_time_wait=s.reconnect_wait_s,
                 max_reconnect_attempts=s.max_reconnect_attempts,
-                ping_interval=s.ping_interval_s,  # type: ignore[arg-type]
+                ping_interval=s.ping_interval_s,
                 max_outstanding_pings=s.max_outstanding_pings,
                 pending_size=s.pending_bytes,
                 allow_reconnect=True,

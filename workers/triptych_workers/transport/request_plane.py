@@ -124,11 +124,12 @@ class ReplyStream:
         self,
         conn: NatsConnection,
         subjects: Subjects,
+        *,
         role: str,
         subject: str,
         payload: bytes,
         headers: Mapping[str, str],
-        timeout: float,
+        timeout_s: float,
     ) -> None:
         self._conn = conn
         self._subjects = subjects
@@ -137,8 +138,8 @@ class ReplyStream:
         self._payload = payload
         self._headers = dict(headers)
         self.id = uuid.uuid4().hex
-        self.deadline = time.time() + timeout
-        self._deadline_mono = time.monotonic() + timeout
+        self.deadline = time.time() + timeout_s
+        self._deadline_mono = time.monotonic() + timeout_s
         self._sub: Subscription | None = None
         self.worker_id: str | None = None
         self._done = False
@@ -187,8 +188,10 @@ class ReplyStream:
                 raise NoResponders(f"no worker subscribes to {self._subject}")
             kind = headers.get(H_KIND)
             worker = headers.get(H_WORKER, "")
-            if kind == KIND_ACCEPTED:
+            if worker and kind != KIND_ERROR:
+                # Any message names the worker (a first chunk may overtake "accepted"): cancel goes there.
                 self.worker_id = worker
+            if kind == KIND_ACCEPTED:
                 continue
             if kind == KIND_CHUNK:
                 return Reply(data=msg.data, headers=headers, worker_id=worker)
@@ -242,16 +245,20 @@ class RequestClient:
         verb: str,
         payload: bytes,
         *,
-        timeout: float,
+        timeout_s: float,
         worker_id: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> ReplyStream:
         """A streamed request; ``worker_id`` targets that worker's direct subject instead of the pool."""
-        subject = (
-            self.subjects.worker(role, worker_id, verb) if worker_id else self.subjects.role(role, verb)
-        )
+        subject = self.subjects.worker(role, worker_id, verb) if worker_id else self.subjects.role(role, verb)
         return ReplyStream(
-            self._conn, self.subjects, role, subject, payload, {**(headers or {}), H_VERB: verb}, timeout
+            self._conn,
+            self.subjects,
+            role=role,
+            subject=subject,
+            payload=payload,
+            headers={**(headers or {}), H_VERB: verb},
+            timeout_s=timeout_s,
         )
 
     async def call(
@@ -260,13 +267,13 @@ class RequestClient:
         verb: str,
         payload: bytes,
         *,
-        timeout: float,
+        timeout_s: float,
         worker_id: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> list[Reply]:
         """A request whose whole reply is wanted at once (every chunk, in order)."""
         async with self.stream(
-            role, verb, payload, timeout=timeout, worker_id=worker_id, headers=headers
+            role, verb, payload, timeout_s=timeout_s, worker_id=worker_id, headers=headers
         ) as replies:
             return [reply async for reply in replies]
 
@@ -363,6 +370,7 @@ class WorkerServer:
             subjects.worker(role, worker_id, verb)
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=self.settings.queue_capacity)
         self._cancelled_queued: set[str] = set()
+        self._queued_ids: set[str] = set()  # asyncio.Queue has no public view of its items
         self._running: dict[str, asyncio.Task[None]] = {}
         self._subs: list[Subscription] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -395,7 +403,9 @@ class WorkerServer:
         self._accepting = True
         group = self.subjects.queue_group(self.role)
         for verb in self._handlers:
-            self._subs.append(await nc.subscribe(self.subjects.role(self.role, verb), group, self._on_request))
+            self._subs.append(
+                await nc.subscribe(self.subjects.role(self.role, verb), group, self._on_request)
+            )
             self._subs.append(
                 await nc.subscribe(self.subjects.worker(self.role, self.worker_id, verb), cb=self._on_request)
             )
@@ -416,9 +426,9 @@ class WorkerServer:
         for sub in self._subs[: 2 * len(self._handlers)]:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-        deadline = time.monotonic() + self.settings.drain_timeout_s
-        while (self._queue.qsize() or self._running) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        # join() returns once every accepted request has been run (task_done follows each run).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout=self.settings.drain_timeout_s)
         for task in list(self._running.values()):
             task.cancel()
         for task in self._tasks:
@@ -444,8 +454,13 @@ class WorkerServer:
         except ValueError:
             deadline = float("inf")
         if deadline <= time.time():
-            await self._send(msg.reply, request_id, KIND_ERROR, b"deadline passed before the worker got it",
-                             code=CODE_EXPIRED)
+            await self._send(
+                msg.reply,
+                request_id,
+                KIND_ERROR,
+                b"deadline passed before the worker got it",
+                code=CODE_EXPIRED,
+            )
             return
         if verb not in self._handlers or not self._accepting:
             code = CODE_UNKNOWN_VERB if verb not in self._handlers else CODE_BUSY
@@ -454,12 +469,16 @@ class WorkerServer:
         request = Request(id=request_id, verb=verb, payload=msg.data, headers=headers, deadline=deadline)
         try:
             self._queue.put_nowait(_Queued(request, msg.reply))
+            self._queued_ids.add(request.id)
         except asyncio.QueueFull:
             if self._metrics:
                 self._metrics.rejected.labels(self.role, self.subjects.deployment).inc()
             await self._send(
-                msg.reply, request_id, KIND_ERROR,
-                f"queue full ({self.settings.queue_capacity} waiting)".encode(), code=CODE_BUSY,
+                msg.reply,
+                request_id,
+                KIND_ERROR,
+                f"queue full ({self.settings.queue_capacity} waiting)".encode(),
+                code=CODE_BUSY,
             )
             return
         self._publish_gauges()
@@ -475,27 +494,28 @@ class WorkerServer:
             self._publish_gauges()
 
     def _is_queued(self, request_id: str) -> bool:
-        # asyncio.Queue has no public view of its items; a role-wide cancel is rare, so a scan is fine.
-        queued: Any = self._queue._queue  # noqa: SLF001
-        return any(item.request.id == request_id for item in queued)
+        return request_id in self._queued_ids
 
     async def _consume(self) -> None:
         while True:
             item = await self._queue.get()
             request = item.request
+            self._queued_ids.discard(request.id)
             try:
                 if request.id in self._cancelled_queued:
                     self._cancelled_queued.discard(request.id)
                     continue
                 if request.deadline <= time.time():
-                    await self._send(item.reply, request.id, KIND_ERROR, b"deadline passed in the queue",
-                                     code=CODE_EXPIRED)
+                    await self._send(
+                        item.reply, request.id, KIND_ERROR, b"deadline passed in the queue", code=CODE_EXPIRED
+                    )
                     continue
                 task = asyncio.create_task(self._run(item), name=f"{self.worker_id}-{request.id}")
                 self._running[request.id] = task
                 self._publish_gauges()
                 try:
-                    await asyncio.shield(task)
+                    # wait() (not await task): a request cancelled by its caller must not stop the consumer.
+                    await asyncio.wait({task})
                 except asyncio.CancelledError:
                     # The consumer itself is being stopped (close()): stop the request with it.
                     task.cancel()
@@ -518,8 +538,9 @@ class WorkerServer:
                 async for chunk in handler(request):
                     await self._send(item.reply, request.id, KIND_CHUNK, chunk)
         except TimeoutError:
-            await self._send(item.reply, request.id, KIND_ERROR, b"deadline passed while running",
-                             code=CODE_EXPIRED)
+            await self._send(
+                item.reply, request.id, KIND_ERROR, b"deadline passed while running", code=CODE_EXPIRED
+            )
             return
         except asyncio.CancelledError:
             await self._send(item.reply, request.id, KIND_ERROR, b"cancelled", code=CODE_CANCELLED)
@@ -527,8 +548,9 @@ class WorkerServer:
         except Exception as exc:
             log.exception("handler %s failed for request %s", request.verb, request.id)
             text = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_TEXT]
-            await self._send(item.reply, request.id, KIND_ERROR, text.encode(),
-                             code=getattr(exc, "code", CODE_INTERNAL))
+            await self._send(
+                item.reply, request.id, KIND_ERROR, text.encode(), code=getattr(exc, "code", CODE_INTERNAL)
+            )
             return
         await self._send(item.reply, request.id, KIND_END, b"")
 
@@ -559,7 +581,9 @@ class LoadBoard:
     longer than that; a worker that announces ``leaving`` drops out at once.
     """
 
-    def __init__(self, conn: NatsConnection, subjects: Subjects, role: str, *, max_age_s: float = 3.0) -> None:
+    def __init__(
+        self, conn: NatsConnection, subjects: Subjects, role: str, *, max_age_s: float = 3.0
+    ) -> None:
         self._conn = conn
         self._subject = subjects.load(role)
         self.max_age_s = max_age_s
@@ -586,9 +610,9 @@ class LoadBoard:
         """Fresh workers whose cache summary lists ``key`` (e.g. a media hash), least loaded first."""
         return [w for w in self.workers() if key in w.cache_keys]
 
-    async def wait_for(self, predicate: Callable[[list[WorkerLoad]], bool], timeout: float) -> bool:
+    async def wait_for(self, predicate: Callable[[list[WorkerLoad]], bool], timeout_s: float) -> bool:
         """Wait (with a deadline) until ``predicate(workers())`` holds; False if it never did."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout_s
         while not predicate(self.workers()):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
