@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
 .PHONY: help venv lint fmt test test-unit test-integration test-e2e bench demo cluster-up cluster-down \
-        cluster-status images crds verify
+        cluster-status images crds verify deploy undeploy run
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -50,3 +50,34 @@ cluster-status: ## show the local cluster's components and nodes
 
 images: ## build every image in images/ (cached by content) and import it into the real node
 	hack/images build all
+
+# ---------------------------------------------------------------------------------------------- operator
+KUBECONFIG_LOCAL = $(shell hack/cluster kubeconfig 2>/dev/null)
+TOOLS = $(shell hack/build-tools 2>/dev/null)
+KUBECTL = $(patsubst kubernetes=%,%,$(filter kubernetes=%,$(TOOLS)))/kubectl --kubeconfig $(KUBECONFIG_LOCAL)
+HELM = $(patsubst helm=%,%,$(filter helm=%,$(TOOLS)))/helm --kubeconfig $(KUBECONFIG_LOCAL)
+OPERATOR_NS := triptych-system
+
+crds: venv ## regenerate the CRD from the spec models, and its copy in the chart
+	$(PY) hack/gen-crd
+	cp crds/*.yaml charts/triptych/crds/
+
+verify: venv ## fail if the committed CRD (or the chart's copy of it) differs from the spec models
+	$(PY) hack/gen-crd --check
+	@for f in crds/*.yaml; do cmp -s "$$f" "charts/triptych/crds/$$(basename $$f)" \
+	  || { echo "charts/triptych/crds/$$(basename $$f) differs from $$f: run make crds"; exit 1; }; done
+
+deploy: ## build the operator image and install the chart into triptych-system; waits until it is Ready
+	hack/images build operator
+	$(KUBECTL) apply --server-side -f charts/triptych/crds/
+	$(HELM) upgrade --install triptych charts/triptych --namespace $(OPERATOR_NS) --create-namespace \
+	  --wait --timeout 180s
+	$(KUBECTL) -n $(OPERATOR_NS) rollout restart deployment/triptych-operator
+	$(KUBECTL) -n $(OPERATOR_NS) rollout status deployment/triptych-operator --timeout=180s
+
+undeploy: ## uninstall the chart (the CRDs stay, as Helm leaves crds/ alone, and so do the user's objects)
+	$(HELM) uninstall triptych --namespace $(OPERATOR_NS) --wait --timeout 120s
+
+run: venv ## the operator as a local process against the local cluster (pauses an in-cluster one: priority)
+	$(KUBECTL) apply --server-side -f charts/triptych/crds/
+	KUBECONFIG=$(KUBECONFIG_LOCAL) $(VENV)/bin/triptych-operator --peering triptych --priority 1000

@@ -45,6 +45,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = _args(argv)
     kopf.configure(verbose=args.verbose, log_prefix=True)
+    if not args.verbose:
+        # kopf logs every successful event handler at INFO: with hundreds of pods that is most of the CPU.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings = OperatorSettings.from_env()
     kube = Kube.from_environment()
     logging.getLogger(__name__).info("worker images: %s", settings.images)

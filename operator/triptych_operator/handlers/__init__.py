@@ -72,6 +72,11 @@ def _owner_of(body: kopf.Body, kind: str) -> str | None:
 def build_registry() -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """The pod's ServiceAccount in the cluster, else $KUBECONFIG (kopf's own readers)."""
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.resume(API_GROUP, API_VERSION, PLURAL, id="kopf-resume", registry=registry)
     async def resume(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
         """Operator (re)started: re-apply the desired state (server-side apply makes this idempotent)."""
@@ -87,7 +92,7 @@ def build_registry() -> kopf.OperatorRegistry:
         """The spec (or labels/annotations) changed: apply the new desired state; the Deployments roll."""
         await _reconciler(memo).reconcile(namespace or "", name)
 
-    @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
+    @kopf.on.event(API_GROUP, API_VERSION, PLURAL, id="forget-deleted", registry=registry)
     async def gone(type: str, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
         """Forget a deleted MultimodalDeployment (its children go through owner references)."""
         if type == "DELETED":

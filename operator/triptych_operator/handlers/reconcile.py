@@ -241,6 +241,7 @@ class Reconciler:
         new_dict = status_to_dict(new)
         self.kube.patch_status(meta["namespace"], meta["name"], previous, new_dict)
         self._events_for_flips(owner, previous or {}, new_dict)
+        logger.info("%s/%s: status %s", meta["namespace"], meta["name"], new_dict.get("summary"))
         return _Outcome(ready, changed=True)
 
     def _write_invalid(self, namespace: str, name: str, message: str) -> None:

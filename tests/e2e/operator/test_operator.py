@@ -1,0 +1,347 @@
+"""The operator running in the local cluster from its image (installed by the chart), end to end.
+
+Every wait has a deadline; each test has its own namespace. GPU roles land on the kwok nodes; roles that
+would run on the real node (frontends, the reference backend) are pinned to kwok nodes too, because their
+worker images are the next issue's work (see conftest.on_kwok).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.operator.conftest import (
+    OPERATOR_NS,
+    condition,
+    models_volume,
+    on_kwok,
+    operator_pods,
+)
+from tests.kube import Kube, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+GPU_EXAMPLES = [p for p in EXAMPLES if yaml.safe_load(p.read_text())["spec"]["backend"] != "reference"]
+CASES: list[dict[str, Any]] = yaml.safe_load((REPO / "tests" / "data" / "invalid" / "cases.yaml").read_text())
+CHILD_KINDS = "deployments,services,configmaps"
+
+
+def small(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    """A reference-backend object in E/P/D-less EPD mode, pinned to kwok nodes with tiny requests."""
+    obj = {
+        "apiVersion": "triptych.dev/v1alpha1",
+        "kind": "MultimodalDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "backend": "reference",
+            "model": {"name": "triptych/tiny-qwen2-vl"},
+            "networking": {"transport": "tcp"},
+            "roles": {"frontend": {"replicas": 1}, "decode": {"replicas": 1}},
+            **spec,
+        },
+    }
+    return on_kwok(obj, namespace, cpu_roles_small=True)
+
+
+def wait_ready(kube: Kube, namespace: str, *names: str, timeout: int = 120) -> None:
+    kube.run(
+        "wait", "--for=condition=Ready", *[f"mmdeploy/{n}" for n in names], "-n", namespace,
+        f"--timeout={timeout}s", timeout=timeout + 15,
+    )  # fmt: skip
+
+
+def children(kube: Kube, namespace: str, name: str) -> dict[str, dict[str, Any]]:
+    items = kube.items(CHILD_KINDS, namespace, f"triptych.dev/deployment={name}")
+    return {f"{i['kind']}/{i['metadata']['name']}": i for i in items}
+
+
+# ------------------------------------------------------------------------------------------------ (a)
+
+
+def _refused(kube: Kube, namespace: str, case: dict[str, Any]) -> str | None:
+    """None when the API server refused `case` naming its field, else what happened."""
+    obj = dict(case["object"], metadata={**case["object"]["metadata"], "namespace": namespace})
+    if "before" in case:
+        before = dict(case["before"], metadata={**case["before"]["metadata"], "namespace": namespace})
+        kube.run("apply", "--server-side", "-f", "-", stdin=json.dumps(before))
+    proc = kube.run("apply", "--server-side", "-f", "-", stdin=json.dumps(obj), check=False)
+    if proc.returncode == 0:
+        return f"{case['name']}: accepted"
+    if case["expectField"] not in proc.stderr:
+        return f"{case['name']}: refused without naming {case['expectField']}: {proc.stderr.strip()}"
+    return None
+
+
+def test_invalid_corpus_is_refused_by_the_api_server(operator: Kube, namespace: str) -> None:
+    # `before` objects of different cases share names; give each case a namespace-unique object name.
+    cases = []
+    for i, original in enumerate(CASES):
+        case = json.loads(json.dumps(original))
+        if "before" in case:
+            for key in ("before", "object"):
+                case[key]["metadata"]["name"] = f"upd-{i}"
+        cases.append(case)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        problems = [p for p in pool.map(lambda c: _refused(operator, namespace, c), cases) if p]
+    assert not problems, "\n".join(problems)
+    assert len(CASES) >= 40
+
+
+# ------------------------------------------------------------------------------------------------ (b)
+
+
+@pytest.mark.parametrize("example", GPU_EXAMPLES, ids=[p.stem for p in GPU_EXAMPLES])
+def test_gpu_example_becomes_ready(operator: Kube, namespace: str, example: Path) -> None:
+    obj = on_kwok(yaml.safe_load(example.read_text()), namespace)
+    name = obj["metadata"]["name"]
+    if "pvc" in json.dumps(obj["spec"]["model"]):
+        models_volume(operator, namespace)
+    try:
+        operator.apply(obj)
+        wait_ready(operator, namespace, name)
+        table = operator.run("get", "mmdeploy", name, "-n", namespace).stdout
+        header, row = table.splitlines()[:2]
+        assert header.split()[:8] == [
+            "NAME",
+            "BACKEND",
+            "MODE",
+            "FRONTEND",
+            "ENCODE",
+            "PREFILL",
+            "DECODE",
+            "READY",
+        ]
+        got = operator.json("get", "mmdeploy", name, "-n", namespace)
+        for role, summary in got["status"]["summary"].items():
+            desired = got["status"]["roles"][role]["desired"]
+            assert summary == f"{desired}/{desired}", (role, summary)
+            assert summary in row.split()
+        assert row.split()[1] == obj["spec"]["backend"]
+        assert got["status"]["observedGeneration"] == got["metadata"]["generation"]
+        pods = operator.items("pods", namespace, f"triptych.dev/deployment={name}")
+        assert pods
+        assert all(p["spec"]["nodeName"].startswith("gpu-") for p in pods)
+    finally:
+        # Free the GPUs for the next example (the kwok nodes are shared).
+        operator.run("delete", "mmdeploy", name, "-n", namespace, "--wait=true", "--timeout=60s", check=False)
+        operator.run("delete", "pods", "--all", "-n", namespace, "--wait=true", "--timeout=60s", check=False)
+        operator.run("delete", "pv", f"{namespace}-models", "--wait=false", check=False)
+
+
+# ------------------------------------------------------------------------------------------------ (c)
+
+
+def test_drift_is_repaired(operator: Kube, namespace: str) -> None:
+    operator.apply(small("drift", namespace))
+    wait_ready(operator, namespace, "drift")
+    before = children(operator, namespace, "drift")
+    operator.run("scale", "deployment/drift-decode", "--replicas=4", "-n", namespace)
+    operator.run("delete", "service/drift-frontend", "-n", namespace)
+    operator.run("delete", "configmap/drift-decode", "-n", namespace)
+    wait_for(
+        "decode replicas back to 1",
+        lambda: (
+            (operator.get("deployment", "drift-decode", namespace) or {}).get("spec", {}).get("replicas") == 1
+        ),
+        timeout=30,
+    )
+    svc = wait_for(
+        "frontend Service recreated", lambda: operator.get("service", "drift-frontend", namespace), timeout=30
+    )
+    assert svc["metadata"]["uid"] != before["Service/drift-frontend"]["metadata"]["uid"]
+    wait_for(
+        "decode ConfigMap recreated", lambda: operator.get("configmap", "drift-decode", namespace), timeout=30
+    )
+    wait_ready(operator, namespace, "drift")
+    assert set(children(operator, namespace, "drift")) == set(before)
+
+
+# ------------------------------------------------------------------------------------------------ (d)
+
+
+def test_scaling_one_role_changes_only_its_deployment(operator: Kube, namespace: str) -> None:
+    obj = small("scale", namespace)
+    obj["spec"]["roles"]["encode"] = dict(obj["spec"]["roles"]["frontend"])
+    obj["spec"]["roles"]["prefill"] = dict(obj["spec"]["roles"]["frontend"])
+    operator.apply(obj)
+    wait_ready(operator, namespace, "scale")
+    time.sleep(2)  # let the last status writes of the Deployment controller settle
+    before = {k: v["metadata"] for k, v in children(operator, namespace, "scale").items()}
+    obj["spec"]["roles"]["decode"]["replicas"] = 3
+    operator.apply(obj)
+    wait_for(
+        "decode at 3/3",
+        lambda: (
+            (operator.get("mmdeploy", "scale", namespace) or {})
+            .get("status", {})
+            .get("summary", {})
+            .get("decode")
+            == "3/3"
+        ),
+        timeout=60,
+    )
+    wait_ready(operator, namespace, "scale")
+    after = {k: v["metadata"] for k, v in children(operator, namespace, "scale").items()}
+    assert (
+        after["Deployment/scale-decode"]["generation"] == before["Deployment/scale-decode"]["generation"] + 1
+    )
+    for key, meta in before.items():
+        if key != "Deployment/scale-decode":
+            assert after[key]["resourceVersion"] == meta["resourceVersion"], key
+            assert after[key].get("generation") == meta.get("generation"), key
+
+
+# ------------------------------------------------------------------------------------------------ (e)
+
+
+def test_model_change_rolls_pods_and_reports_reconciling(operator: Kube, namespace: str) -> None:
+    obj = small("roll", namespace)
+    obj["spec"]["roles"]["decode"]["replicas"] = 3
+    operator.apply(obj)
+    wait_ready(operator, namespace, "roll")
+    old_pods = {p["metadata"]["name"] for p in operator.items("pods", namespace, "triptych.dev/role=decode")}
+    # Watch every version of the object so a short rollout's Reconciling=True cannot slip between polls.
+    watch = subprocess.Popen(
+        [str(operator.kubectl_bin), "--kubeconfig", str(operator.kubeconfig), "get", "mmdeploy", "roll", "-n",
+         namespace, "--watch", "-o", "json"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        obj["spec"]["model"]["name"] = "triptych/tiny-qwen2-vl-v2"
+        operator.apply(obj)
+        generation = operator.json("get", "mmdeploy", "roll", "-n", namespace)["metadata"]["generation"]
+        wait_ready(operator, namespace, "roll")
+        wait_for(
+            "Ready at the new generation",
+            lambda: (
+                condition(operator.get("mmdeploy", "roll", namespace), "Ready").get("observedGeneration")
+                == generation
+            ),
+            timeout=60,
+        )
+    finally:
+        watch.terminate()
+        out, _ = watch.communicate(timeout=10)
+    seen = list(_json_stream(out))
+    reconciling = [
+        o for o in seen
+        if condition(o, "Reconciling").get("status") == "True"
+        and o["status"].get("observedGeneration") == generation
+    ]  # fmt: skip
+    assert reconciling, "Reconciling=True was never written for the new generation"
+    new_pods = {p["metadata"]["name"] for p in operator.items("pods", namespace, "triptych.dev/role=decode")}
+    assert not new_pods & old_pods, "decode pods were not replaced"
+    cm = operator.json("get", "configmap", "roll-decode", "-n", namespace)
+    assert "tiny-qwen2-vl-v2" in cm["data"]["config.yaml"]
+
+
+def _json_stream(text: str) -> Iterator[dict[str, Any]]:
+    decoder = json.JSONDecoder()
+    i = 0
+    while i < len(text):
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            return
+        obj, i = decoder.raw_decode(text, i)
+        yield obj
+
+
+# ------------------------------------------------------------------------------------------------ (f)
+
+
+def test_missing_gpu_product_stalls(operator: Kube, namespace: str) -> None:
+    obj = on_kwok(
+        {
+            "apiVersion": "triptych.dev/v1alpha1",
+            "kind": "MultimodalDeployment",
+            "metadata": {"name": "nogpu"},
+            "spec": {
+                "backend": "vllm",
+                "model": {"name": "Qwen/Qwen2.5-VL-7B-Instruct"},
+                "networking": {"transport": "tcp"},
+                "topology": {"gpuProduct": "NVIDIA-B200"},
+                "roles": {"decode": {"replicas": 1}},
+            },
+        },
+        namespace,
+    )
+    operator.apply(obj)
+    operator.run(
+        "wait", "--for=condition=Stalled", "mmdeploy/nogpu", "-n", namespace, "--timeout=60s", timeout=75
+    )
+    got = operator.json("get", "mmdeploy", "nogpu", "-n", namespace)
+    stalled, ready = condition(got, "Stalled"), condition(got, "Ready")
+    assert stalled["reason"] == "GPUProductUnavailable"
+    assert "NVIDIA-B200" in stalled["message"]
+    assert ready["status"] == "False"
+    assert condition(got, "Reconciling")["status"] == "False"
+    events = operator.items("events", namespace)
+    assert any(e["reason"] == "GPUProductUnavailable" and "NVIDIA-B200" in e["message"] for e in events)
+
+
+# ------------------------------------------------------------------------------------------------ (g)
+
+
+def test_operator_restart_mid_rollout_converges(operator: Kube, namespace: str) -> None:
+    names = [f"restart-{i}" for i in range(5)]
+    objs = [small(n, namespace) for n in names]
+    operator.apply(*objs)
+    victims = [p["metadata"]["name"] for p in operator_pods(operator)]
+    operator.run("delete", "pod", *victims, "-n", OPERATOR_NS, "--wait=false")
+    wait_for(
+        "a new operator pod Ready",
+        lambda: [
+            p for p in operator_pods(operator)
+            if p["metadata"]["name"] not in victims
+            and condition(p, "Ready").get("status") == "True"
+        ],
+        timeout=120,
+    )  # fmt: skip
+    wait_ready(operator, namespace, *names, timeout=120)
+    owners = {o["metadata"]["uid"]: o["metadata"]["name"] for o in operator.items("mmdeploy", namespace)}
+    items = operator.items(CHILD_KINDS, namespace, "triptych.dev/deployment")
+    expected = {
+        f"{k}/{n}-{r}"
+        for n in names
+        for k in ("Deployment", "Service", "ConfigMap")
+        for r in ("frontend", "decode")
+    }
+    got = [f"{i['kind']}/{i['metadata']['name']}" for i in items]
+    assert sorted(got) == sorted(expected)  # nothing duplicated, nothing missing
+    for item in items:
+        refs = item["metadata"]["ownerReferences"]
+        assert len(refs) == 1, item["metadata"]["name"]
+        assert refs[0]["uid"] in owners, item["metadata"]["name"]
+    replicasets = operator.items("replicasets", namespace)
+    assert len(replicasets) == len(names) * 2
+
+
+# ------------------------------------------------------------------------------------------------ (h)
+
+
+def test_one_hundred_at_once(operator: Kube, namespace: str) -> None:
+    names = [f"bulk-{i:03d}" for i in range(100)]
+    started = time.monotonic()
+    operator.apply(*[small(n, namespace) for n in names])
+    wait_for(
+        "100 MultimodalDeployments Ready",
+        lambda: sum(
+            condition(o, "Ready").get("status") == "True" for o in operator.items("mmdeploy", namespace)
+        ) == len(names) or None,
+        timeout=240,
+        interval=3,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    print(f"100 MultimodalDeployments Ready {elapsed:.1f} s after apply")
+    assert len(operator.items("deployments", namespace, "triptych.dev/deployment")) == 200
