@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,14 +29,15 @@ import yaml
 
 pytest.importorskip("torch")
 
-from tests.integration.workers.conftest import NATS_SERVER_BINARY, NatsServerProcess  # noqa: E402
-from tests.media_factory import encode_image, gradient_array, indexed_video, sine, wav_bytes  # noqa: E402
-from triptych_workers.engines.base import EncodeRequest, MediaItem, SamplingParams  # noqa: E402
-from triptych_workers.engines.reference.engine import ReferenceEngine  # noqa: E402
-from triptych_workers.engines.reference.model_dir import prepare_model  # noqa: E402
-from triptych_workers.engines.reference.spec import ReferenceSpec, default_model_dir  # noqa: E402
-from triptych_workers.hashing import hash_media  # noqa: E402
-from triptych_workers.media.image import decode_image  # noqa: E402
+from triptych_workers.engines.base import EncodeRequest, MediaItem, SamplingParams
+from triptych_workers.engines.reference.engine import ReferenceEngine
+from triptych_workers.engines.reference.model_dir import prepare_model
+from triptych_workers.engines.reference.spec import ReferenceSpec, default_model_dir
+from triptych_workers.hashing import hash_media
+from triptych_workers.media.image import decode_image
+
+from tests.integration.workers.conftest import NATS_SERVER_BINARY, NatsServerProcess
+from tests.media_factory import encode_image, gradient_array, indexed_video, sine, wav_bytes
 
 pytestmark = [
     pytest.mark.slow,
@@ -85,7 +87,10 @@ class Deployment:
 
     def client(self, **kwargs: Any) -> openai.OpenAI:
         return openai.OpenAI(
-            base_url=f"http://127.0.0.1:{self.frontend.http_port}/v1", api_key="unused", max_retries=0, **kwargs
+            base_url=f"http://127.0.0.1:{self.frontend.http_port}/v1",
+            api_key="unused",
+            max_retries=0,
+            **kwargs,
         )
 
 
@@ -97,8 +102,18 @@ def _start(tmp: Path, name: str, role: str, config: dict[str, Any]) -> Proc:
     log = tmp / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "triptych_workers.main", role, "--config", str(path), "--host", "127.0.0.1",
-             "--worker-id", name],
+            [
+                sys.executable,
+                "-m",
+                "triptych_workers.main",
+                role,
+                "--config",
+                str(path),
+                "--host",
+                "127.0.0.1",
+                "--worker-id",
+                name,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
@@ -155,7 +170,12 @@ def _deploy(tmp: Path, nats: NatsServerProcess, model_dir: Path, mode: str) -> I
         "media": {"allow_private_networks": True},
         "encoderCache": {"capacity": "64Mi", "capacityBytes": 64 << 20},
         "nats": {"url": nats.url},
-        "serving": {"requestTimeoutSeconds": 20, "drainTimeoutSeconds": 5, "engineThreads": 1, "heartbeatSeconds": 0.5},
+        "serving": {
+            "requestTimeoutSeconds": 20,
+            "drainTimeoutSeconds": 5,
+            "engineThreads": 1,
+            "heartbeatSeconds": 0.5,
+        },
         # Embeddings/KV of the tiny model are small: the NIXL threshold is lowered so they take NIXL.
         "dataPlane": {"nixlMinBytes": 4096},
     }
@@ -183,7 +203,10 @@ def _image_content(png: bytes) -> list[dict[str, Any]]:
 
 def _stream_text(client: openai.OpenAI, content: Any, max_tokens: int = MAX_TOKENS) -> str:
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": content}], stream=True, temperature=0,
+        model=MODEL,
+        messages=[{"role": "user", "content": content}],
+        stream=True,
+        temperature=0,
         max_tokens=max_tokens,
     )
     return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
@@ -199,10 +222,22 @@ def expected(model_dir: Path) -> dict[str, str]:
             out = {}
             for key, content, media in (
                 ("text", "Hello, world! How are you today?", []),
-                ("image", _image_content(_png(7)), [MediaItem("image", hash_media(_png(7)).hex, __import__("numpy").asarray(decode_image(_png(7))))]),
+                (
+                    "image",
+                    _image_content(_png(7)),
+                    [
+                        MediaItem(
+                            "image",
+                            hash_media(_png(7)).hex,
+                            __import__("numpy").asarray(decode_image(_png(7))),
+                        )
+                    ],
+                ),
             ):
                 prompt = engine.render_chat([{"role": "user", "content": content}], media)
-                items = await engine.encode([EncodeRequest(m, s) for m, s in zip(media, prompt.spans, strict=True)])
+                items = await engine.encode(
+                    [EncodeRequest(m, s) for m, s in zip(media, prompt.spans, strict=True)]
+                )
                 steps = engine.generate(prompt, items, SamplingParams(max_tokens=MAX_TOKENS))
                 out[key] = "".join([s.text async for s in steps])
             return out
@@ -222,18 +257,29 @@ def test_same_tokens_in_every_mode(
         assert _stream_text(client, _image_content(_png(7))) == expected["image"]
         assert _stream_text(client, _image_content(_png(7))) == expected["image"]  # an encoder-cache hit
         video = "data:video/mp4;base64," + base64.b64encode(indexed_video(6, width=64, height=48)).decode()
-        assert _stream_text(client, [{"type": "text", "text": "What happens?"}, {"type": "video_url", "video_url": {"url": video}}])
+        assert _stream_text(
+            client,
+            [{"type": "text", "text": "What happens?"}, {"type": "video_url", "video_url": {"url": video}}],
+        )
         wav = base64.b64encode(wav_bytes(sine(440, 0.5, 16_000), 16_000)).decode()
         _stream_text(client, [{"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}}])
         # Metrics moved on the frontend and on the worker that encodes.
-        assert 'triptych_requests_total{deployment="%s",outcome="ok",role="frontend"} 5.0' % dep.frontend.name.rsplit("-", 1)[0] in dep.frontend.metrics()
+        deployment = dep.frontend.name.rsplit("-", 1)[0]
+        ok = f'triptych_requests_total{{deployment="{deployment}",outcome="ok",role="frontend"}} 5.0'
+        assert ok in dep.frontend.metrics()
         encoder = dep.workers.get("encode") or dep.workers["epd"]
         scraped = encoder.metrics()
         assert 'outcome="ok"' in scraped
-        hit_rate = [line for line in scraped.splitlines() if line.startswith("triptych_encoder_cache_hit_rate{")]
-        assert hit_rate and float(hit_rate[0].rsplit(" ", 1)[1]) > 0
+        hit_rate = [
+            line for line in scraped.splitlines() if line.startswith("triptych_encoder_cache_hit_rate{")
+        ]
+        assert hit_rate
+        assert float(hit_rate[0].rsplit(" ", 1)[1]) > 0
         if mode != "EPD":
-            assert "triptych_transfer_bytes_total{" in scraped or "triptych_transfer_bytes_total{" in dep.frontend.metrics()
+            assert (
+                "triptych_transfer_bytes_total{" in scraped
+                or "triptych_transfer_bytes_total{" in dep.frontend.metrics()
+            )
 
 
 def test_killed_encoder_and_nats_restart(tmp_path: Path, nats: NatsServerProcess, model_dir: Path) -> None:
@@ -255,18 +301,27 @@ def test_killed_encoder_and_nats_restart(tmp_path: Path, nats: NatsServerProcess
 
         # The encode worker dies mid-request: the client gets an error (or, if encode had finished, the
         # answer) well within the deadline, and requests needing encode fail fast afterwards.
+        video = "data:video/mp4;base64," + base64.b64encode(indexed_video(48, width=320, height=240)).decode()
+        outcome: list[BaseException | str] = []
+
+        def request(
+            client: openai.OpenAI = client, video: str = video, outcome: list[BaseException | str] = outcome
+        ) -> None:
+            try:
+                outcome.append(_stream_text(client, [{"type": "video_url", "video_url": {"url": video}}]))
+            except openai.APIError as exc:
+                outcome.append(exc)
+
         started = time.monotonic()
-        stream = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": _image_content(_png(12))}], stream=True,
-            temperature=0, max_tokens=MAX_TOKENS,
-        )
+        thread = threading.Thread(target=request)
+        thread.start()
+        time.sleep(0.3)  # the frontend is fetching/decoding the video or the encoder is running
         dep.workers["encode"].process.kill()
-        try:
-            for _ in stream:
-                pass
-        except openai.APIError:
-            pass
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the request hung after its encode worker died"
         assert time.monotonic() - started < 25
+        assert outcome, "the request never finished"
+        assert isinstance(outcome[0], openai.APIError), outcome
         started = time.monotonic()
         with pytest.raises(openai.APIError):
             _stream_text(client, _image_content(_png(13)))

@@ -103,6 +103,11 @@ class EncoderCache(Generic[V]):
     def __contains__(self, key: Hashable) -> bool:
         return key in self._entries
 
+    def keys(self, limit: int | None = None) -> list[Hashable]:
+        """Stored keys, most recently used first (at most ``limit``): what a worker announces it holds."""
+        recent = reversed(self._entries)
+        return list(recent) if limit is None else [k for _, k in zip(range(limit), recent, strict=False)]
+
     async def get_or_compute(
         self,
         key: Hashable,

@@ -1,0 +1,346 @@
+"""The frontend for real: uvicorn on 127.0.0.1 with the in-process reference pipeline, driven by the
+official ``openai`` client (text, image data URL, image http URL from a loopback server, video, audio), plus
+errors (bad media, deadline), client disconnects and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+pytest.importorskip("torch")
+
+from triptych_workers.config import WorkerConfig
+from triptych_workers.engines.base import SamplingParams
+from triptych_workers.engines.reference.engine import ReferenceEngine
+from triptych_workers.engines.reference.model_dir import prepare_model
+from triptych_workers.engines.reference.prompt import ReferencePrompter
+from triptych_workers.engines.reference.spec import ReferenceSpec, default_model_dir
+from triptych_workers.metrics import WorkerMetrics
+from triptych_workers.roles.common import CachedEncoder
+from triptych_workers.roles.frontend import create_app
+from triptych_workers.roles.pipeline import InProcessPipeline
+from triptych_workers.roles.server import HttpServer, probe_app
+
+from tests.integration.workers.conftest import LoopbackHTTPServer, RouteContext
+from tests.media_factory import encode_image, gradient_array, indexed_video, sine, wav_bytes
+
+MODEL = "triptych-tiny"
+pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass
+class Served:
+    api: str
+    metrics_url: str
+    metrics: WorkerMetrics
+    model_dir: Path
+    encoder: CachedEncoder
+
+    def client(self, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.api}/v1", api_key="unused", max_retries=0, **kwargs)
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels or None)
+        return 0.0 if value is None else value
+
+
+def _config(model_dir: Path, **serving: Any) -> WorkerConfig:
+    return WorkerConfig.model_validate(
+        {
+            "deployment": "test",
+            "namespace": "default",
+            "role": "frontend",
+            "model": {"name": MODEL, "path": str(model_dir)},
+            "media": {"allow_private_networks": True, "fetchTimeoutSeconds": 5},
+            "encoderCache": {"capacityBytes": 64 << 20},
+            "serving": {"requestTimeoutSeconds": 30, **serving},
+        }
+    )
+
+
+def _serve(config: WorkerConfig, model_dir: Path) -> Iterator[Served]:
+    """The app and its probes on free loopback ports, in a thread with its own event loop."""
+    started = threading.Event()
+    stopping = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def run() -> None:
+        engine = await ReferenceEngine.load(model_dir, num_threads=1)
+        encoder = CachedEncoder(engine, config.encoder_cache.capacity_bytes)
+        metrics = WorkerMetrics("frontend", config.deployment)
+        metrics.watch_encoder_cache(encoder.stats)
+        app = create_app(
+            config,
+            pipeline=InProcessPipeline(engine, encoder),
+            prompter=ReferencePrompter(model_dir),
+            metrics=metrics,
+        )
+        api = HttpServer(app, "127.0.0.1", 0, graceful_timeout_s=2)
+        probes = HttpServer(probe_app(metrics, lambda: True), "127.0.0.1", 0, graceful_timeout_s=1)
+        await api.start(timeout_s=20)
+        await probes.start(timeout_s=20)
+        box.update(api=api.port, probes=probes.port, metrics=metrics, encoder=encoder)
+        started.set()
+        await asyncio.to_thread(stopping.wait, 600)
+        await api.stop(timeout_s=5)
+        await probes.stop(timeout_s=5)
+        await engine.aclose()
+
+    thread = threading.Thread(target=lambda: asyncio.run(run()), daemon=True)
+    thread.start()
+    assert started.wait(60), "frontend did not start"
+    try:
+        yield Served(
+            f"http://127.0.0.1:{box['api']}",
+            f"http://127.0.0.1:{box['probes']}/metrics",
+            box["metrics"],
+            model_dir,
+            box["encoder"],
+        )
+    finally:
+        stopping.set()
+        thread.join(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    return prepare_model(default_model_dir(ReferenceSpec()))
+
+
+@pytest.fixture(scope="module")
+def served(model_dir: Path) -> Iterator[Served]:
+    yield from _serve(_config(model_dir), model_dir)
+
+
+def _png_data_url(seed: int = 0) -> str:
+    return (
+        "data:image/png;base64,"
+        + base64.b64encode(encode_image(gradient_array(64, 48, seed), "PNG")).decode()
+    )
+
+
+def _chat(client: openai.OpenAI, content: Any, **kwargs: Any) -> tuple[str, str | None]:
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": content}],
+        stream=True,
+        temperature=0,
+        max_tokens=kwargs.pop("max_tokens", 8),
+        **kwargs,
+    )
+    text, finish = [], None
+    for chunk in stream:
+        if chunk.choices:
+            text.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+    return "".join(text), finish
+
+
+def _reference_text(model_dir: Path, content: Any, media: list[Any], max_tokens: int) -> str:
+    """The same greedy request on a fresh engine in this process (no server, no pipeline)."""
+
+    async def run() -> str:
+        engine = await ReferenceEngine.load(model_dir, num_threads=1)
+        try:
+            prompt = engine.render_chat([{"role": "user", "content": content}], media)
+            encoded = await engine.encode(
+                [
+                    __import__("triptych_workers.engines.base", fromlist=["x"]).EncodeRequest(m, s)
+                    for m, s in zip(media, prompt.spans, strict=True)
+                ]
+            )
+            return "".join(
+                [
+                    s.text
+                    async for s in engine.generate(prompt, encoded, SamplingParams(max_tokens=max_tokens))
+                ]
+            )
+        finally:
+            await engine.aclose()
+
+    return asyncio.run(run())
+
+
+def test_models_and_text_chat_streams(served: Served) -> None:
+    client = served.client()
+    assert [m.id for m in client.models.list()] == [MODEL]
+    text, finish = _chat(client, "Hello, world! How are you today?")
+    assert finish in ("stop", "length")
+    assert text == _reference_text(served.model_dir, "Hello, world! How are you today?", [], 8)
+    # Not streamed: the same text, with usage.
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hello, world! How are you today?"}],
+        temperature=0,
+        max_tokens=8,
+    )
+    assert reply.choices[0].message.content == text
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens >= 1
+    # The legacy endpoint.
+    completion = client.completions.create(
+        model=MODEL, prompt="The quick brown fox", max_tokens=5, temperature=0
+    )
+    assert completion.choices[0].finish_reason in ("stop", "length")
+
+
+def test_image_data_url_and_encoder_cache_hit(served: Served) -> None:
+    client = served.client()
+    content = [
+        {"type": "text", "text": "Describe the image."},
+        {"type": "image_url", "image_url": {"url": _png_data_url(1)}},
+    ]
+    before = served.encoder.stats()
+    first, _ = _chat(client, content)
+    second, _ = _chat(client, content)
+    after = served.encoder.stats()
+    assert first == second
+    assert after.misses == before.misses + 1
+    assert after.hits == before.hits + 1
+
+
+def test_image_http_url(served: Served, http_server: LoopbackHTTPServer) -> None:
+    png = encode_image(gradient_array(64, 48, 2), "PNG")
+
+    @http_server.route("/cat.png")
+    def _(ctx: RouteContext) -> None:
+        ctx.send(200, png, "image/png")
+
+    text, finish = _chat(
+        served.client(),
+        [
+            {"type": "text", "text": "What is in this picture?"},
+            {"type": "image_url", "image_url": {"url": http_server.url("/cat.png")}},
+        ],
+    )
+    assert finish in ("stop", "length")
+    data_url = "data:image/png;base64," + base64.b64encode(png).decode()
+    same, _finish = _chat(
+        served.client(),
+        [
+            {"type": "text", "text": "What is in this picture?"},
+            {"type": "image_url", "image_url": {"url": data_url}},
+        ],
+    )
+    assert text == same  # the same bytes, whatever the source
+
+
+def test_video_and_audio(served: Served) -> None:
+    client = served.client()
+    video = "data:video/mp4;base64," + base64.b64encode(indexed_video(6, width=64, height=48)).decode()
+    _, finish = _chat(
+        client,
+        [
+            {"type": "text", "text": "What happens in this video?"},
+            {"type": "video_url", "video_url": {"url": video}},
+        ],
+    )
+    assert finish in ("stop", "length")
+    wav = base64.b64encode(wav_bytes(sine(440, 0.5, 16_000), 16_000)).decode()
+    _text, finish = _chat(
+        client,
+        [
+            {"type": "text", "text": "Transcribe the audio clip."},
+            {"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}},
+        ],
+    )
+    assert finish in ("stop", "length")
+
+
+def test_bad_media_is_a_4xx_with_the_reason(served: Served) -> None:
+    client = served.client()
+    bogus = "data:image/png;base64," + base64.b64encode(b"definitely not a png").decode()
+    with pytest.raises(openai.APIStatusError) as caught:
+        _chat(client, [{"type": "image_url", "image_url": {"url": bogus}}])
+    assert 400 <= caught.value.status_code < 500
+    assert "image" in str(caught.value.message).lower()
+    # A refused destination (a metadata address) is a 403 naming the refusal.
+    with pytest.raises(openai.APIStatusError) as refused:
+        _chat(client, [{"type": "image_url", "image_url": {"url": "http://169.254.169.254/x.png"}}])
+    assert refused.value.status_code == 403
+    # Validation errors name the parameter.
+    response = httpx.post(
+        f"{served.api}/v1/chat/completions", json={"model": MODEL, "messages": []}, timeout=10
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages"
+    response = httpx.post(
+        f"{served.api}/v1/chat/completions",
+        json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=10,
+    )
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+
+
+def test_client_disconnect_frees_the_slot_and_metrics_move(served: Served) -> None:
+    before_ok = served.metric("triptych_requests_total", role="frontend", deployment="test", outcome="ok")
+    before_cancelled = served.metric(
+        "triptych_requests_total", role="frontend", deployment="test", outcome="cancelled"
+    )
+    stream = served.client().chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hello"}],
+        stream=True,
+        temperature=0,
+        max_tokens=2000,
+        extra_body={"ignore_eos": True},
+    )
+    next(iter(stream))
+    assert served.metric("triptych_requests_in_flight", role="frontend", deployment="test") == 1
+    stream.close()
+    deadline = time.monotonic() + 10
+    while served.metric("triptych_requests_in_flight", role="frontend", deployment="test") != 0:
+        assert time.monotonic() < deadline, "the slot was not freed after the client left"
+        time.sleep(0.05)
+    assert (
+        served.metric("triptych_requests_total", role="frontend", deployment="test", outcome="cancelled")
+        == before_cancelled + 1
+    )
+    _chat(served.client(), "Hello")
+    deadline = time.monotonic() + 10  # the outcome is counted once the response has been sent
+    while (
+        served.metric("triptych_requests_total", role="frontend", deployment="test", outcome="ok")
+        < before_ok + 1
+    ):
+        assert time.monotonic() < deadline, "a finished request was not counted"
+        time.sleep(0.05)
+    scraped = httpx.get(served.metrics_url, timeout=10).text
+    assert "triptych_time_to_first_token_seconds_count" in scraped
+    assert "triptych_encoder_cache_hit_rate" in scraped
+
+
+def test_deadline(model_dir: Path) -> None:
+    for served in _serve(_config(model_dir, requestTimeoutSeconds=0.5), model_dir):
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as caught:
+            served.client().chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "Hello"}],
+                temperature=0,
+                max_tokens=3000,
+                extra_body={"ignore_eos": True},
+            )
+        assert caught.value.status_code == 504
+        assert time.monotonic() - started < 5
+        assert served.metric("triptych_requests_in_flight", role="frontend", deployment="test") == 0
+
+
+def test_frontend_imports_no_torch() -> None:
+    code = (
+        "import sys, triptych_workers.roles.frontend, triptych_workers.main\n"
+        "assert 'torch' not in sys.modules, 'the frontend imported torch'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,0 +1,143 @@
+"""A worker process's Prometheus metrics: one object owning one ``CollectorRegistry`` (no globals).
+
+Names come from the shared contract (the operator's autoscaler reads them). The transport's metrics (queue
+depth, in-flight, rejections, transfer bytes/seconds by transport, data plane info, degraded transport) are
+``TransportMetrics`` on the same registry, reused here rather than registered twice; this module adds what
+the roles measure: requests by outcome, TTFT and inter-token latency, the encoder cache (read from
+``EncoderCache.stats()`` at scrape time) and KV-cache utilization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from triptych_contract import (
+    METRIC_ENCODER_CACHE_EVICTIONS,
+    METRIC_ENCODER_CACHE_HIT_RATE,
+    METRIC_ENCODER_CACHE_UTILIZATION,
+    METRIC_ITL,
+    METRIC_KV_CACHE_UTILIZATION,
+    METRIC_REQUESTS,
+    METRIC_TTFT,
+)
+
+from triptych_workers.cache import EncoderCacheStats
+from triptych_workers.transport.metrics import TransportMetrics
+
+Outcome = Literal["ok", "client_error", "error", "timeout", "cancelled", "busy"]
+
+_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class _EncoderCacheCollector(Collector):
+    """Reads the cache's own counters at scrape time, so they can never drift from the cache."""
+
+    def __init__(self, stats: Callable[[], EncoderCacheStats], role: str, deployment: str) -> None:
+        self._stats = stats
+        self._labels = [role, deployment]
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._stats()
+        utilization = GaugeMetricFamily(
+            METRIC_ENCODER_CACHE_UTILIZATION,
+            "Bytes held by the encoder cache over its capacity (0 when the cache is off)",
+            labels=["role", "deployment"],
+        )
+        utilization.add_metric(self._labels, stats.utilization)
+        hit_rate = GaugeMetricFamily(
+            METRIC_ENCODER_CACHE_HIT_RATE,
+            "Encoder-cache lookups answered without running the encoder, over all lookups",
+            labels=["role", "deployment"],
+        )
+        hit_rate.add_metric(self._labels, stats.hit_rate)
+        evictions = CounterMetricFamily(
+            METRIC_ENCODER_CACHE_EVICTIONS.removesuffix("_total"),
+            "Entries the encoder cache evicted to stay within its capacity",
+            labels=["role", "deployment"],
+        )
+        evictions.add_metric(self._labels, stats.evictions)
+        return [utilization, hit_rate, evictions]
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+class WorkerMetrics:
+    """Every metric of one worker process, labelled with its role and deployment."""
+
+    def __init__(self, role: str, deployment: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.role = role
+        self.deployment = deployment
+        self.transport = TransportMetrics(self.registry)
+        labels = ["role", "deployment"]
+        self._requests = Counter(
+            METRIC_REQUESTS,
+            "Requests finished, by outcome (ok, client_error, error, timeout, cancelled, busy)",
+            [*labels, "outcome"],
+            registry=self.registry,
+        )
+        self._ttft = Histogram(
+            METRIC_TTFT,
+            "Seconds from a request's arrival to its first generated token",
+            labels,
+            buckets=_TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self._itl = Histogram(
+            METRIC_ITL,
+            "Seconds between two consecutive generated tokens of one request",
+            labels,
+            buckets=_ITL_BUCKETS,
+            registry=self.registry,
+        )
+        self._kv = Gauge(
+            METRIC_KV_CACHE_UTILIZATION,
+            "KV-cache tokens held by running requests over the tokens this worker can hold",
+            labels,
+            registry=self.registry,
+        )
+        self._encoder_cache: _EncoderCacheCollector | None = None
+        # Every series exists from the start, so a scrape before the first request sees zeros, not gaps.
+        self.in_flight.set(0)
+        self.queue_depth.set(0)
+        for outcome in ("ok", "client_error", "error", "timeout", "cancelled", "busy"):
+            self._requests.labels(role, deployment, outcome)
+
+    # -- the transport's gauges, labelled for this process -----------------------------------------------
+    @property
+    def in_flight(self) -> Gauge:
+        return self.transport.in_flight.labels(self.role, self.deployment)
+
+    @property
+    def queue_depth(self) -> Gauge:
+        return self.transport.queue_depth.labels(self.role, self.deployment)
+
+    # -- what the roles record -----------------------------------------------------------------------------
+    def request_done(self, outcome: Outcome) -> None:
+        self._requests.labels(self.role, self.deployment, outcome).inc()
+
+    def observe_ttft(self, seconds: float) -> None:
+        self._ttft.labels(self.role, self.deployment).observe(seconds)
+
+    def observe_itl(self, seconds: float) -> None:
+        self._itl.labels(self.role, self.deployment).observe(seconds)
+
+    def set_kv_utilization(self, fraction: float) -> None:
+        self._kv.labels(self.role, self.deployment).set(fraction)
+
+    def watch_encoder_cache(self, stats: Callable[[], EncoderCacheStats]) -> None:
+        """Publish an encoder cache's stats (utilization, hit rate, evictions) at every scrape."""
+        if self._encoder_cache is not None:
+            raise RuntimeError("an encoder cache is already watched")
+        self._encoder_cache = _EncoderCacheCollector(stats, self.role, self.deployment)
+        self.registry.register(self._encoder_cache)
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus' text format (what ``/metrics`` serves)."""
+        return generate_latest(self.registry)
