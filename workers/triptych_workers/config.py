@@ -25,6 +25,7 @@ from triptych_workers.media.connector import FetchPolicy
 RoleName = Literal["frontend", "encode", "prefill", "decode", "pd", "epd"]
 Stage = Literal["encode", "prefill", "decode"]
 Mode = Literal["E/P/D", "E/PD", "EP/D", "EPD"]
+EncodeRouting = Literal["cache-aware", "round-robin"]
 ROLE_NAMES: tuple[RoleName, ...] = ("frontend", "encode", "prefill", "decode", "pd", "epd")
 
 # The stages each CLI role performs when the file does not say (the aggregated forms fold the others in).
@@ -84,6 +85,9 @@ class ServingConfig(_Model):
     engine_threads: Annotated[int | None, Field(ge=1, alias="engineThreads")] = None
     heartbeat_seconds: Annotated[float, Field(gt=0, alias="heartbeatSeconds")] = 1.0
     startup_timeout_seconds: Annotated[float, Field(gt=0, alias="startupTimeoutSeconds")] = 60.0
+    encode_routing: Annotated[EncodeRouting, Field(alias="encodeRouting")] = "cache-aware"
+    """Frontend: how encode work picks a worker. ``cache-aware`` prefers a worker whose encoder cache holds
+    the item, else the least loaded; ``round-robin`` takes the workers in turn (see ``roles/routing.py``)."""
 
 
 class DataPlaneConfig(_Model):

@@ -11,10 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,10 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
-import yaml
 
 pytest.importorskip("torch")
 
@@ -37,7 +31,17 @@ from triptych_workers.hashing import hash_media
 from triptych_workers.media.image import decode_image
 
 from tests.integration.workers.conftest import NATS_SERVER_BINARY, NatsServerProcess
-from tests.media_factory import encode_image, gradient_array, indexed_video, sine, wav_bytes
+from tests.media_factory import indexed_video, sine, wav_bytes
+from tests.worker_processes import (
+    MODEL,
+    Proc,
+    base_config,
+    image_content,
+    png,
+    start_role,
+    stop_procs,
+    wait_ready,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -45,38 +49,12 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists(NATS_SERVER_BINARY), reason="nats-server is not installed"),
 ]
 
-MODEL = "triptych-tiny"
-PROMPT = "Describe the image."
 MAX_TOKENS = 12
 ROLES_BY_MODE = {
     "E/P/D": [("encode", "encode"), ("prefill", "prefill"), ("decode", "decode")],
     "E/PD": [("encode", "encode"), ("pd", "decode")],
     "EPD": [("epd", "decode")],
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class Proc:
-    name: str
-    process: subprocess.Popen[bytes]
-    metrics_port: int
-    log: Path
-    http_port: int = 0
-
-    def metrics(self) -> str:
-        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
-
-    def ready(self) -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
 
 
 @dataclass
@@ -92,56 +70,6 @@ class Deployment:
             max_retries=0,
             **kwargs,
         )
-
-
-def _start(tmp: Path, name: str, role: str, config: dict[str, Any]) -> Proc:
-    metrics_port, http_port = _free_port(), _free_port()
-    config = {**config, "ports": {"http": http_port, "metrics": metrics_port}}
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = tmp / f"{name}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "triptych_workers.main",
-                role,
-                "--config",
-                str(path),
-                "--host",
-                "127.0.0.1",
-                "--worker-id",
-                name,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-        )
-    return Proc(name, process, metrics_port, log, http_port)
-
-
-def _wait_ready(procs: list[Proc], timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    for proc in procs:
-        while not proc.ready():
-            if proc.process.poll() is not None:
-                raise AssertionError(f"{proc.name} exited:\n{proc.log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{proc.name} not ready:\n{proc.log.read_text()[-3000:]}")
-            time.sleep(0.2)
-
-
-def _stop(procs: list[Proc]) -> None:
-    for proc in procs:
-        if proc.process.poll() is None:
-            proc.process.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.process.kill()
-            proc.process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -161,44 +89,18 @@ def nats() -> Iterator[NatsServerProcess]:
 
 def _deploy(tmp: Path, nats: NatsServerProcess, model_dir: Path, mode: str) -> Iterator[Deployment]:
     deployment = "d" + "".join(c for c in mode if c.isalpha()).lower()
-    base = {
-        "deployment": deployment,
-        "namespace": "e2e",
-        "backend": "reference",
-        "mode": mode,
-        "model": {"name": MODEL, "path": str(model_dir)},
-        "media": {"allow_private_networks": True},
-        "encoderCache": {"capacity": "64Mi", "capacityBytes": 64 << 20},
-        "nats": {"url": nats.url},
-        "serving": {
-            "requestTimeoutSeconds": 20,
-            "drainTimeoutSeconds": 5,
-            "engineThreads": 1,
-            "heartbeatSeconds": 0.5,
-        },
-        # Embeddings/KV of the tiny model are small: the NIXL threshold is lowered so they take NIXL.
-        "dataPlane": {"nixlMinBytes": 4096},
-    }
+    base = base_config(deployment, mode, model_dir, nats.url)
     workers = {
-        name: _start(tmp, f"{deployment}-{name}", role, {**base, "role": k8s_role})
+        name: start_role(tmp, f"{deployment}-{name}", role, {**base, "role": k8s_role})
         for (role, k8s_role), name in ((r, r[0]) for r in ROLES_BY_MODE[mode])
     }
-    frontend = _start(tmp, f"{deployment}-frontend", "frontend", {**base, "role": "frontend"})
+    frontend = start_role(tmp, f"{deployment}-frontend", "frontend", {**base, "role": "frontend"})
     procs = [*workers.values(), frontend]
     try:
-        _wait_ready(procs)
+        wait_ready(procs)
         yield Deployment(mode, frontend, workers)
     finally:
-        _stop(procs)
-
-
-def _png(seed: int) -> bytes:
-    return encode_image(gradient_array(64, 48, seed), "PNG")
-
-
-def _image_content(png: bytes) -> list[dict[str, Any]]:
-    url = "data:image/png;base64," + base64.b64encode(png).decode()
-    return [{"type": "text", "text": PROMPT}, {"type": "image_url", "image_url": {"url": url}}]
+        stop_procs(procs)
 
 
 def _stream_text(client: openai.OpenAI, content: Any, max_tokens: int = MAX_TOKENS) -> str:
@@ -224,12 +126,12 @@ def expected(model_dir: Path) -> dict[str, str]:
                 ("text", "Hello, world! How are you today?", []),
                 (
                     "image",
-                    _image_content(_png(7)),
+                    image_content(png(7)),
                     [
                         MediaItem(
                             "image",
-                            hash_media(_png(7)).hex,
-                            __import__("numpy").asarray(decode_image(_png(7))),
+                            hash_media(png(7)).hex,
+                            __import__("numpy").asarray(decode_image(png(7))),
                         )
                     ],
                 ),
@@ -254,8 +156,8 @@ def test_same_tokens_in_every_mode(
     for dep in _deploy(tmp_path, nats, model_dir, mode):
         client = dep.client(timeout=30)
         assert _stream_text(client, "Hello, world! How are you today?") == expected["text"]
-        assert _stream_text(client, _image_content(_png(7))) == expected["image"]
-        assert _stream_text(client, _image_content(_png(7))) == expected["image"]  # an encoder-cache hit
+        assert _stream_text(client, image_content(png(7))) == expected["image"]
+        assert _stream_text(client, image_content(png(7))) == expected["image"]  # an encoder-cache hit
         video = "data:video/mp4;base64," + base64.b64encode(indexed_video(6, width=64, height=48)).decode()
         assert _stream_text(
             client,
@@ -285,7 +187,7 @@ def test_same_tokens_in_every_mode(
 def test_killed_encoder_and_nats_restart(tmp_path: Path, nats: NatsServerProcess, model_dir: Path) -> None:
     for dep in _deploy(tmp_path, nats, model_dir, "E/P/D"):
         client = dep.client(timeout=30)
-        assert _stream_text(client, _image_content(_png(11)))
+        assert _stream_text(client, image_content(png(11)))
 
         # NATS restarts: workers reconnect by themselves and serve again.
         nats.restart()
@@ -324,7 +226,7 @@ def test_killed_encoder_and_nats_restart(tmp_path: Path, nats: NatsServerProcess
         assert isinstance(outcome[0], openai.APIError), outcome
         started = time.monotonic()
         with pytest.raises(openai.APIError):
-            _stream_text(client, _image_content(_png(13)))
+            _stream_text(client, image_content(png(13)))
         assert time.monotonic() - started < 25
         # Text-only requests skip encode and still work.
         assert _stream_text(client, "Hello, world! How are you today?")

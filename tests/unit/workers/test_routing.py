@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from triptych_workers.roles.routing import choose_encode_worker
+from triptych_workers.config import WorkerConfig
+from triptych_workers.roles.routing import RoundRobin, choose_encode_worker, encode_router
 from triptych_workers.transport import WorkerLoad
 
 
@@ -81,3 +82,25 @@ def test_cache_aware_routing_beats_round_robin_on_reuse() -> None:
     distinct = len(set(trace))
     assert len(trace) - hits == distinct
     assert len(trace) - rr_hits >= distinct + 15
+
+
+def test_round_robin_takes_workers_in_turn_and_ignores_caches() -> None:
+    route = encode_router("round-robin")
+    workers = [_w("c", load=3), _w("a", keys=("h",)), _w("b"), _w("full", load=9), _w("gone", leaving=True)]
+    assert [route("h", workers) for _ in range(6)] == ["a", "b", "c", "a", "b", "c"]
+    assert route("h", []) is None
+
+
+def test_cache_aware_is_the_default_policy() -> None:
+    config = WorkerConfig.model_validate({"deployment": "d", "namespace": "n", "model": {"name": "m"}})
+    assert config.serving.encode_routing == "cache-aware"
+    assert encode_router(config.serving.encode_routing) is choose_encode_worker
+    rr = WorkerConfig.model_validate(
+        {
+            "deployment": "d",
+            "namespace": "n",
+            "model": {"name": "m"},
+            "serving": {"encodeRouting": "round-robin"},
+        }
+    )
+    assert isinstance(encode_router(rr.serving.encode_routing), RoundRobin)

@@ -75,6 +75,7 @@ from triptych_workers.protocol import (
 )
 from triptych_workers.roles.common import Prompter, gather_or_cancel
 from triptych_workers.roles.pipeline import NatsPipeline, Pipeline
+from triptych_workers.roles.routing import encode_router
 from triptych_workers.roles.server import (
     HttpServer,
     connect_nats,
@@ -124,6 +125,8 @@ class DeadlineExceeded(Exception):
 def error_body(exc: BaseException) -> tuple[int, ErrorResponse, Outcome]:
     """The one mapping from an exception to (HTTP status, OpenAI error body, outcome label)."""
     if isinstance(exc, ClientError):
+        # The log says why, beside the client's 4xx (e.g. a media URL the deployment's media policy refuses).
+        log.info("request refused (%d %s): %s", exc.status, exc.code, exc)
         return exc.status, ErrorResponse.from_exception(exc), "client_error"
     if isinstance(exc, DeadlineExceeded | RequestTimeout | DeadlineExpired | TimeoutError):
         info = ErrorInfo(
@@ -579,6 +582,7 @@ async def run_frontend(settings: Settings) -> None:
                 config.mode,
                 encode_workers=board.workers,
                 connected=lambda: conn.is_connected,
+                route=encode_router(config.serving.encode_routing),
             )
             app = create_app(config, pipeline=pipeline, prompter=prompter, metrics=metrics)
             api = HttpServer(

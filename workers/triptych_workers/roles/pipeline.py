@@ -3,9 +3,10 @@
 * ``InProcessPipeline`` -- encode (behind the encoder cache), prefill and decode in this process, on one
   engine. It is what an EPD worker runs for the requests it is sent, and what a single-process server uses.
 * ``NatsPipeline`` -- the disaggregated path over the transport. The frontend orchestrates: media go to the
-  encode pool (one request per item, routed to the worker whose cache holds it), the embeddings' descriptors
-  to prefill, the KV's descriptor to decode, whose steps stream back. Which roles exist is the deployment's
-  mode (E/P/D, E/PD, EP/D, EPD); text-only requests never touch encode.
+  encode pool (one request per item, routed by ``serving.encodeRouting``: by default to the worker whose
+  cache holds it), the embeddings' descriptors to prefill, the KV's descriptor to decode, whose steps stream
+  back. Which roles exist is the deployment's mode (E/P/D, E/PD, EP/D, EPD); text-only requests never
+  touch encode.
 
 Leaving the iterator early (client gone, deadline) stops the work: in process the engine's generator is
 closed; over NATS the reply stream's ``aclose`` sends a cancel to the worker that holds the request.
@@ -47,7 +48,7 @@ from triptych_workers.roles.messages import (
     SamplingMessage,
     StepMessage,
 )
-from triptych_workers.roles.routing import choose_encode_worker
+from triptych_workers.roles.routing import EncodeRouter, choose_encode_worker
 from triptych_workers.transport import NoResponders, RequestClient, WorkerBusy, WorkerLoad
 
 
@@ -116,12 +117,14 @@ class NatsPipeline:
         *,
         encode_workers: Callable[[], Sequence[WorkerLoad]] = list,
         connected: Callable[[], bool] = lambda: True,
+        route: EncodeRouter = choose_encode_worker,
     ) -> None:
         self._client = client
         self._plane = plane
         self.mode = mode
         self._encode_workers = encode_workers
         self._connected = connected
+        self._route = route
 
     def ready(self) -> bool:
         return self._connected()
@@ -167,7 +170,7 @@ class NatsPipeline:
 
     async def _encode_one(self, ref: MediaRef, deadline: float) -> EncodedRef:
         payload = EncodeWork(items=(ref,)).dumps()
-        worker = choose_encode_worker(ref.media_hash, self._encode_workers())
+        worker = self._route(ref.media_hash, self._encode_workers())
         try:
             replies = await self._client.call(
                 "encode", VERB_ENCODE, payload, timeout_s=_remaining(deadline), worker_id=worker

@@ -12,13 +12,19 @@ Rules, in order:
    its next requests hit there.
 
 ``None`` means "no worker known": the caller sends to the role's queue group and NATS picks one.
+
+``serving.encodeRouting`` picks the policy: ``cache-aware`` (the rules above, the default) or ``round-robin``
+(``RoundRobin``: every worker with room in turn, caches ignored -- the common baseline, e.g. when the encoder
+cache is off). ``encode_router`` builds the one the config names.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
+
+from triptych_workers.config import EncodeRouting
 
 
 class EncodeWorkerView(Protocol):
@@ -73,3 +79,29 @@ def choose_encode_worker(
     else:
         pool = [w for w in candidates if _load(w) == least]
     return max(pool, key=lambda w: _rendezvous(item_hash, w.worker_id)).worker_id
+
+
+EncodeRouter = Callable[[str, Sequence[EncodeWorkerView]], str | None]
+"""``(item_hash, workers) -> worker id``, or ``None`` for the pool's queue group."""
+
+
+class RoundRobin:
+    """Each worker that can take work in turn (in worker-id order), whatever its cache holds."""
+
+    def __init__(self) -> None:
+        self._turn = 0
+
+    def __call__(self, item_hash: str, workers: Sequence[EncodeWorkerView]) -> str | None:
+        candidates = sorted((w for w in workers if _has_room(w)), key=lambda w: w.worker_id)
+        if not candidates:
+            return None
+        chosen = candidates[self._turn % len(candidates)]
+        self._turn += 1
+        return chosen.worker_id
+
+
+def encode_router(policy: EncodeRouting) -> EncodeRouter:
+    """The router for ``serving.encodeRouting``."""
+    if policy == "round-robin":
+        return RoundRobin()
+    return choose_encode_worker

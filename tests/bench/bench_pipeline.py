@@ -1,0 +1,293 @@
+"""The serving path end to end: a real nats-server and the role processes (E/P/D) on 127.0.0.1, driven by the
+official ``openai`` client through the frontend, side by side:
+
+1. TTFT with an encoder-cache hit (one image repeated) vs a miss (a fresh image each time), requests one at a
+   time, alternating, so drift hits both alike.
+2. Request throughput with one vs two encode workers: image requests (all fresh, so every one is encoded),
+   ``IN_FLIGHT`` clients at once, a fixed count, ``MAX_TOKENS`` tokens so encode dominates.
+3. Encoder-cache hit rate of the cache-aware router (``serving.encodeRouting: cache-aware``, the default) vs
+   round-robin (``round-robin``) across three encode workers, on one trace shape with 50 % image reuse (each
+   request shows, with probability 1/2, one of ``POPULAR`` images, else a fresh one), each policy on its own
+   images. Hit rates come from the encode workers' ``/metrics``: each worker's hit rate times its encode
+   requests (one lookup each), differenced around the run. Both frontends share the same worker processes.
+
+One deployment grows as it goes (one encode worker, then two, then three), so the processes start once. Every
+wait has a deadline; every process started here is stopped by its PID on the way out, failure included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import openai
+from triptych_workers.engines.reference.model_dir import prepare_model
+from triptych_workers.engines.reference.spec import ReferenceSpec, default_model_dir
+
+from tests.bench.__main__ import machine
+from tests.integration.workers.conftest import NatsServerProcess
+from tests.media_factory import encode_image, gradient_array
+from tests.worker_processes import (
+    MODEL,
+    Proc,
+    base_config,
+    image_content,
+    start_role,
+    stop_procs,
+    wait_ready,
+)
+
+DEPLOYMENT = "bench"
+MAX_TOKENS = 4
+TTFT_SAMPLES = 24  # per side
+THROUGHPUT_REQUESTS = 48
+IN_FLIGHT = 16
+TRACE_REQUESTS = 48
+TRACE_IN_FLIGHT = 4
+POPULAR = 6
+REQUEST_TIMEOUT_S = 30.0
+PHASE_TIMEOUT_S = 120.0
+READY_TIMEOUT_S = 180.0  # torch and the model load in every process: slow on 2 busy cores
+HEARTBEAT_S = 0.5
+
+Content = list[dict[str, Any]]
+T = TypeVar("T")
+
+
+@dataclass
+class Run:
+    ttfts: list[float]
+    wall_s: float
+
+    @property
+    def rate(self) -> float:
+        return len(self.ttfts) / self.wall_s
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank quantile (p99 of a few dozen samples is their maximum)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def _unique_png(seed: int) -> bytes:
+    """A 112x112 gradient (the reference encoder's largest input) whose bytes differ for every seed: the
+    gradient repeats every 256 seeds, so the seed is also stamped into the first pixel."""
+    pixels = gradient_array(112, 112, seed)
+    pixels[0, 0] = (seed & 0xFF, (seed >> 8) & 0xFF, (seed >> 16) & 0xFF)
+    return encode_image(pixels, "PNG")
+
+
+def _images(first_seed: int, count: int) -> list[Content]:
+    """``count`` distinct images; every seed range used in this module is disjoint from the others."""
+    return [image_content(_unique_png(seed)) for seed in range(first_seed, first_seed + count)]
+
+
+async def _ttft(client: openai.AsyncOpenAI, content: Content) -> float:
+    """Seconds to the first generated token of one streamed request (the whole answer is read)."""
+    message: Any = {"role": "user", "content": content}
+    started = time.perf_counter()
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=[message],
+        stream=True,
+        temperature=0,
+        max_tokens=MAX_TOKENS,
+    )
+    first: float | None = None
+    async for chunk in stream:
+        if first is None and chunk.choices:
+            choice = chunk.choices[0]
+            if choice.delta.content or choice.finish_reason:
+                first = time.perf_counter() - started
+    return first if first is not None else time.perf_counter() - started
+
+
+async def _drive(client: openai.AsyncOpenAI, contents: Sequence[Content], in_flight: int) -> Run:
+    """Send every request, at most ``in_flight`` at once, in order; TTFTs in request order."""
+    slots = asyncio.Semaphore(in_flight)
+
+    async def one(content: Content) -> float:
+        async with slots:
+            return await _ttft(client, content)
+
+    started = time.perf_counter()
+    ttfts = await asyncio.gather(*(one(c) for c in contents))
+    return Run(list(ttfts), time.perf_counter() - started)
+
+
+async def _bounded(work: Awaitable[T]) -> T:
+    return await asyncio.wait_for(work, timeout=PHASE_TIMEOUT_S)
+
+
+def _client(frontend: Proc) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{frontend.http_port}/v1",
+        api_key="unused",
+        max_retries=0,
+        timeout=REQUEST_TIMEOUT_S,
+    )
+
+
+def _sample(text: str, name: str) -> float:
+    """The value of the one sample of metric ``name`` in a scrape (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _cache_counts(encoders: Sequence[Proc]) -> tuple[int, int]:
+    """(hits, lookups) summed over the encode workers, from their ``/metrics``."""
+    hits = lookups = 0
+    for proc in encoders:
+        scraped = proc.metrics()
+        served = round(_sample(scraped, 'triptych_requests_total{deployment="bench",outcome="ok"'))
+        hits += round(_sample(scraped, "triptych_encoder_cache_hit_rate{") * served)
+        lookups += served
+    return hits, lookups
+
+
+def _trace(first_seed: int, rng: random.Random) -> list[Content]:
+    """``TRACE_REQUESTS`` requests, each with probability 1/2 one of ``POPULAR`` images, else a fresh one."""
+    popular = _images(first_seed, POPULAR)
+    fresh = iter(_images(first_seed + POPULAR, TRACE_REQUESTS))
+    return [rng.choice(popular) if rng.random() < 0.5 else next(fresh) for _ in range(TRACE_REQUESTS)]
+
+
+def _fmt_ms(values: Sequence[float]) -> str:
+    return f"{_quantile(values, 0.5) * 1e3:8.1f} {_quantile(values, 0.99) * 1e3:8.1f}"
+
+
+class Bench:
+    def __init__(self, tmp: Path, nats_url: str, model_dir: Path) -> None:
+        self.tmp = tmp
+        self.base = base_config(
+            DEPLOYMENT,
+            "E/P/D",
+            model_dir,
+            nats_url,
+            heartbeatSeconds=HEARTBEAT_S,
+            requestTimeoutSeconds=REQUEST_TIMEOUT_S,
+            queueCapacity=IN_FLIGHT,
+        )
+        self.procs: list[Proc] = []
+        self.encoders: list[Proc] = []
+
+    def start(self, name: str, role: str, k8s_role: str, **serving: Any) -> Proc:
+        config = {**self.base, "role": k8s_role}
+        config["serving"] = {**config["serving"], **serving}
+        proc = start_role(self.tmp, f"{DEPLOYMENT}-{name}", role, config)
+        self.procs.append(proc)
+        return proc
+
+    async def add_encoder(self, client: openai.AsyncOpenAI) -> None:
+        """Start one more encode worker, wait until the frontends know it, and warm it up: a burst of fresh
+        images as wide as the pool, so every worker gets some (its first requests wire up NIXL)."""
+        proc = self.start(f"encode-{len(self.encoders) + 1}", "encode", "encode")
+        await asyncio.to_thread(wait_ready, [proc], READY_TIMEOUT_S)
+        self.encoders.append(proc)
+        await asyncio.sleep(3 * HEARTBEAT_S)  # bounded: the frontends hear its load announcements
+        width = len(self.encoders)
+        await _bounded(_drive(client, _images(9000 + 100 * width, 3 * width), width))
+
+
+def main() -> None:
+    print(f"machine: {machine()}", flush=True)
+    model_dir = prepare_model(default_model_dir(ReferenceSpec()))
+    nats = NatsServerProcess()
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        bench = Bench(Path(tmp), "", model_dir)
+        nats.start()
+        bench.base["nats"] = {"url": nats.url}
+        try:
+            asyncio.run(_run(bench))
+        finally:
+            stop_procs(bench.procs)
+            nats.stop()
+
+
+async def _run(bench: Bench) -> None:
+    started = time.perf_counter()
+    workers = [bench.start("prefill", "prefill", "prefill"), bench.start("decode", "decode", "decode")]
+    frontend = bench.start("frontend", "frontend", "frontend")
+    await asyncio.to_thread(wait_ready, [*workers, frontend], READY_TIMEOUT_S)
+    client = _client(frontend)
+    await bench.add_encoder(client)
+    print(f"E/P/D on 127.0.0.1 up in {time.perf_counter() - started:.1f} s; max_tokens={MAX_TOKENS}")
+
+    # 1. TTFT, encoder-cache hit vs miss (one encode worker, one request at a time, alternating).
+    hot = _images(1, 1)[0]
+    await _bounded(_ttft(client, hot))
+    misses = _images(100, TTFT_SAMPLES)
+    hit_ttft: list[float] = []
+    miss_ttft: list[float] = []
+
+    async def alternate() -> None:
+        for fresh in misses:
+            miss_ttft.append(await _ttft(client, fresh))
+            hit_ttft.append(await _ttft(client, hot))
+
+    await _bounded(alternate())
+    print(f"\n1. TTFT, encoder-cache hit vs miss ({TTFT_SAMPLES} requests each, one at a time)")
+    print(f"{'':16} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'miss (fresh)':16} {_fmt_ms(miss_ttft)}")
+    print(f"{'hit (repeated)':16} {_fmt_ms(hit_ttft)}")
+    ratio = statistics.median(miss_ttft) / statistics.median(hit_ttft)
+    print(f"miss/hit p50: {ratio:.2f}x")
+
+    # 2. Throughput with one vs two encode workers (fresh images: every request is encoded).
+    one = await _bounded(_drive(client, _images(1000, THROUGHPUT_REQUESTS), IN_FLIGHT))
+    await bench.add_encoder(client)
+    two = await _bounded(_drive(client, _images(2000, THROUGHPUT_REQUESTS), IN_FLIGHT))
+    print(f"\n2. Throughput, {THROUGHPUT_REQUESTS} image requests, {IN_FLIGHT} in flight, fresh images")
+    print(f"{'encode workers':16} {'req/s':>8} {'TTFT p50':>9} {'p99 ms':>8}")
+    for label, run in (("1", one), ("2", two)):
+        print(f"{label:16} {run.rate:8.2f} {_fmt_ms(run.ttfts)}")
+    print(f"2 vs 1 workers: {two.rate / one.rate:.2f}x req/s")
+
+    # 3. Cache-aware vs round-robin routing across three encode workers, 50 % image reuse.
+    await bench.add_encoder(client)
+    round_robin = bench.start("frontend-rr", "frontend", "frontend", encodeRouting="round-robin")
+    await asyncio.to_thread(wait_ready, [round_robin], READY_TIMEOUT_S)
+    await asyncio.sleep(3 * HEARTBEAT_S)  # bounded: the new frontend hears the encoders' announcements
+    rr_client = _client(round_robin)
+    await _bounded(_drive(rr_client, _images(9900, 9), 3))  # its first requests, to every encoder
+    results: dict[str, tuple[float, float, Run]] = {}
+    rng = random.Random(6)
+    for label, policy_client, first_seed in (
+        ("cache-aware", client, 3000),
+        ("round-robin", rr_client, 5000),
+    ):
+        trace = _trace(first_seed, rng)
+        ideal = 1 - len({id(c) for c in trace}) / len(trace)  # every repeat after the first sighting
+        hits_before, lookups_before = await asyncio.to_thread(_cache_counts, bench.encoders)
+        run = await _bounded(_drive(policy_client, trace, TRACE_IN_FLIGHT))
+        hits, lookups = await asyncio.to_thread(_cache_counts, bench.encoders)
+        results[label] = (ideal, (hits - hits_before) / max(1, lookups - lookups_before), run)
+    print(
+        f"\n3. Routing across {len(bench.encoders)} encode workers: {TRACE_REQUESTS} requests, each one of "
+        f"{POPULAR} popular images with probability 1/2, else fresh; {TRACE_IN_FLIGHT} in flight"
+    )
+    print(f"{'policy':16} {'hit rate':>8} {'ideal':>8} {'req/s':>8} {'TTFT p50':>9} {'p99 ms':>8}")
+    for label, (ideal, rate, run) in results.items():
+        print(f"{label:16} {rate:8.1%} {ideal:8.1%} {run.rate:8.2f} {_fmt_ms(run.ttfts)}")
+    print("(ideal: one cache shared by all workers, a hit for every repeat after its first sighting)")
+    (_, aware, aware_run), (_, rr, rr_run) = results["cache-aware"], results["round-robin"]
+    print(
+        f"cache-aware vs round-robin: hit rate {aware / rr if rr else math.inf:.2f}x; TTFT p50 "
+        f"{(statistics.median(aware_run.ttfts) - statistics.median(rr_run.ttfts)) * 1e3:+.1f} ms, "
+        f"p99 {(_quantile(aware_run.ttfts, 0.99) - _quantile(rr_run.ttfts, 0.99)) * 1e3:+.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
