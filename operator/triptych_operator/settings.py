@@ -17,11 +17,19 @@ ENV_PREFIX = "TRIPTYCH_OPERATOR_"
 DEFAULT_IMAGE_TAG = "0.1.0"
 
 
+# The reference backend's image is the one `hack/images build worker-reference` imports into the local
+# cluster's node; the GPU backends' images are built elsewhere (a registry named by the chart's values).
+REFERENCE_IMAGE = "localhost/triptych/worker-reference:dev"
+# The NATS Service the chart installs (`nats.enabled`, release `triptych` in `triptych-system`).
+DEFAULT_NATS_URL = "nats://triptych-nats.triptych-system.svc:4222"
+
+
 def _default_images() -> dict[Backend, str]:
-    return {
-        b: f"localhost/triptych-worker-{b}:{DEFAULT_IMAGE_TAG}"
-        for b in ("vllm", "sglang", "trtllm", "reference")
+    images: dict[Backend, str] = {
+        b: f"localhost/triptych-worker-{b}:{DEFAULT_IMAGE_TAG}" for b in ("vllm", "sglang", "trtllm")
     }
+    images["reference"] = REFERENCE_IMAGE
+    return images
 
 
 class OperatorSettings(BaseModel):
@@ -42,7 +50,11 @@ class OperatorSettings(BaseModel):
         description="Frontend image; default: the backend's worker image (it has triptych-worker).",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    nats_url: str = "nats://nats.triptych-system.svc:4222"
+    nats_url: str = Field(
+        default=DEFAULT_NATS_URL,
+        description="The request plane every role of every MultimodalDeployment joins (one NATS for the "
+        "cluster; subjects carry namespace and deployment).",
+    )
     # /dev/shm (a memory emptyDir) per backend: vLLM 8-16 GiB, TRT-LLM up to 80 GiB (REFERENCE.md).
     shm_sizes: dict[Backend, str] = Field(
         default_factory=lambda: dict[Backend, str](

@@ -33,6 +33,16 @@ from triptych_contract import CONFIG_DIR, ENGINE_PORT
 from triptych_operator.spec import MultimodalDeploymentSpec, Role, WorkerRole
 
 MODEL_MOUNT = "/models"
+# The reference backend's model: written into an emptyDir at MODEL_MOUNT by the pod's init container (the
+# fixed-seed weights are the same in every pod, so each pod writes its own copy; no shared volume needed).
+REFERENCE_MODEL_DIR = f"{MODEL_MOUNT}/reference"
+REFERENCE_PREPARE_COMMAND = [
+    "python",
+    "-m",
+    "triptych_workers.engines.reference.prepare",
+    "--out",
+    REFERENCE_MODEL_DIR,
+]
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - engines serve the pod network (the worker and the frontend call them)
 ENGINE_HEALTH_PATH = "/health"  # vLLM, SGLang and trtllm-serve all serve it on their HTTP port
 NIXL_SIDE_CHANNEL_PORT = 5600  # vLLM's default VLLM_NIXL_SIDE_CHANNEL_PORT (+ data-parallel rank)
@@ -57,10 +67,13 @@ class EngineCommand:
 
 
 def model_ref(spec: MultimodalDeploymentSpec) -> str:
-    """What the engine loads: a path under the PVC mount, or a hub id."""
+    """What the engine loads: a path under the PVC mount, a hub id, or (reference backend without a PVC)
+    the directory its init container prepares."""
     src = spec.model.source
     if src is not None and src.pvc is not None:
         return MODEL_MOUNT + (src.path or "").rstrip("/")
+    if spec.backend == "reference":
+        return REFERENCE_MODEL_DIR
     if src is not None and src.hub is not None:
         return src.hub
     return spec.model.name

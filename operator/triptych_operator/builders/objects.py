@@ -33,7 +33,13 @@ from triptych_contract import (
     READINESS_PATH,
 )
 
-from triptych_operator.builders.commands import ENGINE_HEALTH_PATH, MODEL_MOUNT, engine_command, model_ref
+from triptych_operator.builders.commands import (
+    ENGINE_HEALTH_PATH,
+    MODEL_MOUNT,
+    REFERENCE_PREPARE_COMMAND,
+    engine_command,
+    model_ref,
+)
 from triptych_operator.naming import child_name, labels, owner_reference, selector_labels, service_host
 from triptych_operator.settings import OperatorSettings
 from triptych_operator.spec import MultimodalDeploymentSpec, Role, RoleBase, WorkerRole, parse_quantity
@@ -54,8 +60,12 @@ UCX_TCP_GPU = "tcp,cuda_copy"
 UCX_TCP_CPU = "tcp"  # the reference backend has no CUDA transports
 # Requests for containers the user gave none for (CPU-only pods must not be BestEffort).
 FRONTEND_REQUESTS = {"cpu": "250m", "memory": "256Mi"}
-REFERENCE_WORKER_REQUESTS = {"cpu": "250m", "memory": "1Gi"}
+# The reference model is tiny: a small CPU request lets a demo and a test deployment share the 2-core node.
+REFERENCE_WORKER_REQUESTS = {"cpu": "100m", "memory": "1Gi"}
 SIDECAR_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+# The reference backend's init container writes the tiny fixed-seed model (a few MB) into an emptyDir.
+REFERENCE_MODEL_VOLUME_SIZE = "1Gi"
+PREPARE_RESOURCES = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
 
 
 def _metadata(
@@ -291,16 +301,33 @@ def build_deployment(  # noqa: PLR0912, PLR0915, PLR0917 - one pod template, bui
     volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": child_name(name, role)}}]
     config_mount = {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}
     data_mounts: list[dict[str, Any]] = []
+    init_containers: list[dict[str, Any]] = []
     if worker is not None:
         shm = settings.shm_sizes[spec.backend]
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
         data_mounts.append({"name": "shm", "mountPath": "/dev/shm"})  # noqa: S108
-        src = spec.model.source
+    # Worker roles load the model; the reference frontend loads its tokenizer and chat template from it.
+    src = spec.model.source
+    if worker is not None or spec.backend == "reference":
+        model_mount = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
         if src is not None and src.pvc is not None:
             volumes.append(
                 {"name": "model", "persistentVolumeClaim": {"claimName": src.pvc, "readOnly": True}}
             )
-            data_mounts.append({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True})
+            data_mounts.append(model_mount)
+        elif spec.backend == "reference":
+            volumes.append({"name": "model", "emptyDir": {"sizeLimit": REFERENCE_MODEL_VOLUME_SIZE}})
+            data_mounts.append(model_mount)
+            init_containers.append(
+                {
+                    "name": "prepare-model",
+                    "image": role_spec.image or settings.image_for(spec.backend),
+                    "imagePullPolicy": settings.image_pull_policy,
+                    "command": list(REFERENCE_PREPARE_COMMAND),
+                    "resources": PREPARE_RESOURCES,
+                    "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT}],
+                }
+            )
 
     user_env = [{"name": e.name, "value": e.value} for e in role_spec.env]
     net_env = _ucx_env(spec, rdma) if worker is not None else []
@@ -370,6 +397,8 @@ def build_deployment(  # noqa: PLR0912, PLR0915, PLR0917 - one pod template, bui
         "containers": containers,
         "volumes": volumes,
     }
+    if init_containers:
+        pod["initContainers"] = init_containers
     if role_spec.node_selector:
         pod["nodeSelector"] = dict(role_spec.node_selector)
     if tolerations:

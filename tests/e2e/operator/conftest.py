@@ -1,56 +1,20 @@
-"""The operator installed in the local cluster from its image by the chart: once per session, uninstalled
-at the end. Helpers to rewrite examples so they land on the kwok GPU nodes."""
+"""Helpers of the operator's e2e tests: rewrite examples so they land on the kwok GPU nodes, a pre-bound
+models PVC, conditions. The `operator` fixture is in tests/e2e/conftest.py (shared with tests/e2e/pipeline).
+"""
 
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
+from tests.e2e.conftest import OPERATOR_NS, OPERATOR_SELECTOR
 from tests.kube import Kube, wait_for
 
-REPO = Path(__file__).resolve().parents[3]
-CHART = REPO / "charts" / "triptych"
-OPERATOR_NS = "triptych-system"
-RELEASE = "triptych"
-OPERATOR_SELECTOR = "app.kubernetes.io/name=triptych-operator"
+__all__ = ["OPERATOR_NS", "OPERATOR_SELECTOR", "condition", "models_volume", "on_kwok", "operator_pods"]
 # kwok GPU nodes: pods there become Ready without running anything.
 KWOK = {"type": "kwok"}
 KWOK_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 SMALL = {"requests": {"cpu": "10m", "memory": "16Mi"}}
-
-
-@pytest.fixture(scope="session")
-def operator(cluster: Kube) -> Iterator[Kube]:
-    """Build the operator image, install the chart, wait until the operator pod is Ready."""
-    build = subprocess.run(
-        [str(REPO / "hack" / "images"), "build", "operator"],
-        stdout=sys.stderr,
-        stderr=sys.stderr,
-        check=False,
-    )
-    if build.returncode != 0:
-        pytest.fail("hack/images build operator failed (its last lines are above)", pytrace=False)
-    cluster.run("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
-    for crd in ("multimodaldeployments.triptych.dev", "clusterkopfpeerings.kopf.dev"):
-        cluster.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s", timeout=70)
-    install = cluster.helm(
-        "upgrade", "--install", RELEASE, str(CHART), "--namespace", OPERATOR_NS, "--create-namespace",
-        "--wait", "--timeout", "180s", timeout=200,
-    )  # fmt: skip
-    assert install.returncode == 0, install.stderr
-    # The image tag is reused (dev): restart so the pod runs the image just built.
-    cluster.run("-n", OPERATOR_NS, "rollout", "restart", "deployment/triptych-operator")
-    cluster.run(
-        "-n", OPERATOR_NS, "rollout", "status", "deployment/triptych-operator", "--timeout=180s", timeout=200
-    )
-    yield cluster
-    cluster.helm("uninstall", RELEASE, "--namespace", OPERATOR_NS, "--wait", "--timeout", "120s", timeout=150)
 
 
 def operator_pods(kube: Kube) -> list[dict[str, Any]]:
@@ -63,7 +27,9 @@ def operator_pods(kube: Kube) -> list[dict[str, Any]]:
 
 def on_kwok(obj: dict[str, Any], namespace: str, *, cpu_roles_small: bool = False) -> dict[str, Any]:
     """`obj` in `namespace`, with the roles that would run on the real node (the frontend; every role of the
-    reference backend) pinned to the kwok nodes instead: their worker images are the next issue's work."""
+    reference backend) pinned to the kwok nodes instead. These tests are about reconciling, not serving
+    (tests/e2e/pipeline runs the reference pods for real): on kwok nodes a pod is Ready at once, so drift,
+    scaling, restarts and 100 objects at once stay fast and do not load the 2-core real node with torch."""
     out = copy.deepcopy(obj)
     out["metadata"]["namespace"] = namespace
     roles = out["spec"]["roles"]

@@ -1,8 +1,9 @@
 """The operator running in the local cluster from its image (installed by the chart), end to end.
 
 Every wait has a deadline; each test has its own namespace. GPU roles land on the kwok nodes; roles that
-would run on the real node (frontends, the reference backend) are pinned to kwok nodes too, because their
-worker images are the next issue's work (see conftest.on_kwok).
+would run on the real node (frontends, the reference backend) are pinned to kwok nodes too: these tests are
+about reconciling, and kwok pods are Ready at once (see conftest.on_kwok). The reference examples run for
+real on the real node in tests/e2e/pipeline.
 """
 
 from __future__ import annotations

@@ -98,13 +98,47 @@ def test_reference_decode_deployment() -> None:
     assert "affinity" not in pod
     worker = _container(dep, "worker")
     assert worker["command"] == ["triptych-worker", "decode", "--config", "/etc/triptych/config.yaml"]
-    assert worker["image"] == "localhost/triptych-worker-reference:0.1.0"
-    assert worker["resources"] == {"requests": {"cpu": "250m", "memory": "1Gi"}}
+    assert worker["image"] == "localhost/triptych/worker-reference:dev"
+    assert worker["resources"] == {"requests": {"cpu": "100m", "memory": "1Gi"}}
     assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert worker["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
     assert _env(worker)["UCX_TLS"] == "tcp"  # reference never uses RDMA, even when nodes have it
     assert _env(worker)["TRIPTYCH_POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}} in pod["volumes"]
+    assert "nvidia.com/gpu" not in str(worker["resources"])
+    # The model: written once into an emptyDir by the init container, read-only for the worker.
+    assert {"name": "model", "emptyDir": {"sizeLimit": "1Gi"}} in pod["volumes"]
+    assert {"name": "model", "mountPath": "/models", "readOnly": True} in worker["volumeMounts"]
+    (init,) = pod["initContainers"]
+    assert init["image"] == worker["image"]
+    assert init["command"] == [
+        "python", "-m", "triptych_workers.engines.reference.prepare", "--out", "/models/reference"
+    ]  # fmt: skip
+    assert init["volumeMounts"] == [{"name": "model", "mountPath": "/models"}]
+
+
+def test_reference_frontend_has_the_model_and_every_role_reads_it() -> None:
+    spec = _spec("reference", roles={"encode": {}, "prefill": {}, "decode": {}})
+    children = build_children("demo", "ns", "u1", spec, SETTINGS)
+    for cm in (c for c in children if c["kind"] == "ConfigMap"):
+        config = yaml.safe_load(cm["data"]["config.yaml"])
+        assert config["model"]["path"] == "/models/reference", cm["metadata"]["name"]
+        assert config["nats"]["url"] == "nats://triptych-nats.triptych-system.svc:4222"
+    deps = {c["metadata"]["name"]: c for c in children if c["kind"] == "Deployment"}
+    assert set(deps) == {"demo-frontend", "demo-encode", "demo-prefill", "demo-decode"}
+    for dep in deps.values():
+        pod = dep["spec"]["template"]["spec"]
+        assert [c["name"] for c in pod["initContainers"]] == ["prepare-model"]
+    frontend = _container(deps["demo-frontend"], "worker")
+    assert {"name": "model", "mountPath": "/models", "readOnly": True} in frontend["volumeMounts"]
+    assert frontend["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert "shm" not in str(frontend["volumeMounts"])
+
+
+def test_gpu_backends_have_no_prepare_step() -> None:
+    children = build_children("demo", "ns", "u1", _spec(), SETTINGS)
+    for dep in (c for c in children if c["kind"] == "Deployment"):
+        assert "initContainers" not in dep["spec"]["template"]["spec"]
 
 
 def test_vllm_prefill_rdma() -> None:
@@ -329,3 +363,16 @@ def test_golden(example: Path) -> None:
 
 def test_every_example_has_a_golden_file() -> None:
     assert {p.stem for p in GOLDEN.glob("*.yaml")} == {e.stem for e in EXAMPLES}
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_worker_config_is_what_the_workers_read(example: Path) -> None:
+    """The contract between worker_config() and the workers' WorkerConfig: every role's file validates."""
+    worker_config_model = pytest.importorskip("triptych_workers.config").WorkerConfig
+    resource = parse_resource(yaml.safe_load(example.read_text()))
+    name = yaml.safe_load(example.read_text())["metadata"]["name"]
+    for cm in (c for c in build_children(name, "ns", "u1", resource, SETTINGS) if c["kind"] == "ConfigMap"):
+        config = worker_config_model.model_validate(yaml.safe_load(cm["data"]["config.yaml"]))
+        media = resource.media
+        assert config.media.allow_private_networks is media.allow_private_networks
+        assert list(config.media.allowed_domains) == list(media.allowed_domains)

@@ -82,7 +82,7 @@ class FetchPolicy(BaseModel):
 
     modalities: dict[Modality, ModalityLimits] = Field(default_factory=_default_modalities)
     max_redirects: Annotated[int, Field(ge=0, le=20)] = 3
-    allow_private_networks: bool = False
+    allow_private_networks: Annotated[bool, Field(alias="allowPrivateNetworks")] = False
     """Opens loopback, private, link-local and CGNAT destinations (an in-cluster media store, tests). Metadata
     endpoints, multicast, unspecified and reserved addresses stay refused."""
     connect_timeout_seconds: PositiveFloat = 5
