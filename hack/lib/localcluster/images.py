@@ -278,8 +278,10 @@ def import_image(paths: Paths, name: str) -> None:
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="triptych-import-", dir=cache_dir()) as tmp:
         archive = Path(tmp) / "image.tar"
+        # Uncompressed: gzip of the worker image's ~5 GB was most of the import time, and the archive is
+        # deleted as soon as containerd has it.
         run(
-            ["buildah", "push", "--quiet", ref, f"oci-archive:{archive}:{ref}"],
+            ["buildah", "push", "--quiet", "--disable-compression", ref, f"oci-archive:{archive}:{ref}"],
             what=f"images: export {name}",
             timeout=1800,
         )
