@@ -335,10 +335,10 @@ class Cluster:
         kubelet_running = read_pid(self.paths.pidfile("kubelet")) is not None
         if kubelet_running and self.paths.kubeconfig.exists() and self.api_ready():
             # Pods first, through the API, so the kubelet stops them and CNI releases their network.
+            # (kubectl refuses --all together with --field-selector: the selector alone picks every pod.)
             self.kubectl(
                 "delete",
                 "pods",
-                "--all",
                 "--all-namespaces",
                 "--field-selector",
                 f"spec.nodeName={REAL_NODE}",
