@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-venv: ## create .venv with the operator, workers and dev tools
+venv: ## create .venv with the operator, workers (and their ML stack) and dev tools
 	@hack/venv
 
 lint: venv ## ruff, mypy --strict, import-linter layering contracts
@@ -27,7 +27,7 @@ fmt: venv ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format .
 
 test: ## every test: unit, integration (real servers, the local cluster), end-to-end
-	@hack/venv operator,workers,dev,reference
+	@hack/venv
 	$(PY) -m pytest tests
 
 test-unit: venv ## fast tests without sockets or the cluster
