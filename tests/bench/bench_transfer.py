@@ -13,6 +13,7 @@ import os
 import socket
 import statistics
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -130,6 +131,44 @@ def main() -> None:
             f"{_label(size):>8} {inline[size] * 1e3:10.2f} {n * 1e3:9.2f} {mem * 1e3:10.3f} "
             f"{size / n / 1e9:10.2f} {size / mem / 1e9:12.2f} {mem / n:12.1%} {faster:>7}"
         )
+    if nixl_importable():
+        idle_report()
+
+
+IDLE_SECONDS = 2.0
+IDLE_PROBE = """
+import importlib, sys, time
+from triptych_workers.transport.nixl_adapter import NixlAgent
+if sys.argv[1] == "ours":
+    agent = NixlAgent("idle-ours")
+else:
+    api = importlib.import_module("nixl._api")
+    agent = api.nixl_agent("idle-default", api.nixl_agent_config(enable_prog_thread=True, backends=["UCX"]))
+t0, c0 = time.monotonic(), time.process_time()
+time.sleep(float(sys.argv[2]))
+print((time.process_time() - c0) / (time.monotonic() - t0))
+"""
+
+
+def _idle_cpu(kind: str) -> float:
+    """CPU (cores) an idle process with one NIXL agent burns: its progress thread, nothing else running."""
+    out = subprocess.run(
+        [sys.executable, "-c", IDLE_PROBE, kind, str(IDLE_SECONDS)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def idle_report() -> None:
+    ours, default = _idle_cpu("ours"), _idle_cpu("default")
+    print(
+        f"idle NIXL agent, CPU over {IDLE_SECONDS:.0f} s: ours (progress thread delay) {ours:.1%} of a "
+        f"core, NIXL's Python default (busy-spinning progress thread) {default:.1%} "
+        f"-> {default / max(ours, 1e-6):.0f}x"
+    )
 
 
 def _label(size: int) -> str:
