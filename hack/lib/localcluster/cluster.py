@@ -470,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         if detail:
             print(f"--- last lines of {exc.log} ---\n{detail}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a file or device the step needed: one line, not a stack trace
+        print(f"cluster {args.command} failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0

@@ -204,6 +204,7 @@ def build_image(name: str, force: bool, base_key: str) -> str:
         return key
     start = time.monotonic()
     logf = cache_dir() / "images" / f"{name}-build.log"
+    logf.parent.mkdir(parents=True, exist_ok=True)
     logf.write_text("")
     cmd: list[str | Path] = [
         "buildah",
@@ -346,5 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except subprocess.TimeoutExpired as exc:
         print(f"images failed: timed out: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"images failed: {exc}", file=sys.stderr)
         return 1
     return 0
