@@ -217,6 +217,9 @@ class Cluster:
             ("127.0.0.1", COREDNS_READY_PORT, "coredns ready"),
         ):
             with socket.socket() as s:
+                # As the components themselves do: a port whose only users are closed connections of our
+                # earlier probes (TIME_WAIT) is free.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     s.bind((host, port))
                 except OSError as exc:
@@ -348,6 +351,12 @@ class Cluster:
                 check=False,
                 timeout=90,
             )
+            # The API forgets a pod once its containers stopped; the kubelet stops its sandbox (and the CNI
+            # plugin releases its network) a moment later. Give it that moment before stopping the kubelet.
+            try:
+                wait_until("pod sandboxes to stop", self.no_running_tasks, deadline_s=30, paths=self.paths)
+            except ClusterError as exc:
+                log(f"{exc}; removing what is left by force")
         for component in ("coredns", "kube-proxy", "kubelet"):
             stop_component(self.paths, component)
         if self.paths.containerd_socket.exists() and read_pid(self.paths.pidfile("containerd")):
@@ -380,6 +389,9 @@ class Cluster:
             return self.bins
         except ClusterError:
             return {}
+
+    def no_running_tasks(self) -> bool:
+        return not self.ctr("tasks", "list", "-q", check=False).stdout.split()
 
     def remove_all_containers(self) -> None:
         tasks = self.ctr("tasks", "list", "-q", check=False).stdout.split()

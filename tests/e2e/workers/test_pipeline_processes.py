@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -201,8 +202,9 @@ def test_killed_encoder_and_nats_restart(tmp_path: Path, nats: NatsServerProcess
                 time.sleep(0.5)
         assert all(p.process.poll() is None for p in [dep.frontend, *dep.workers.values()])
 
-        # The encode worker dies mid-request: the client gets an error (or, if encode had finished, the
-        # answer) well within the deadline, and requests needing encode fail fast afterwards.
+        # The encode worker dies mid-request: it is frozen first (SIGSTOP), so the request is certainly in
+        # its hands, then killed; the client gets an error well within the deadline (the frontend stops
+        # hearing the worker's keepalives), and requests needing encode fail fast afterwards.
         video = "data:video/mp4;base64," + base64.b64encode(indexed_video(48, width=320, height=240)).decode()
         outcome: list[BaseException | str] = []
 
@@ -214,11 +216,13 @@ def test_killed_encoder_and_nats_restart(tmp_path: Path, nats: NatsServerProcess
             except openai.APIError as exc:
                 outcome.append(exc)
 
+        encoder = dep.workers["encode"].process
+        encoder.send_signal(signal.SIGSTOP)
         started = time.monotonic()
         thread = threading.Thread(target=request)
         thread.start()
-        time.sleep(0.3)  # the frontend is fetching/decoding the video or the encoder is running
-        dep.workers["encode"].process.kill()
+        time.sleep(1.0)  # the frontend has decoded the video and sent it to the (frozen) encode worker
+        encoder.kill()
         thread.join(timeout=30)
         assert not thread.is_alive(), "the request hung after its encode worker died"
         assert time.monotonic() - started < 25

@@ -5,6 +5,7 @@ recovery after the server restarts (workers not restarted)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +22,7 @@ from triptych_workers.transport import (
     Subjects,
     TransportMetrics,
     WorkerBusy,
+    WorkerLost,
     WorkerServer,
     WorkerSettings,
 )
@@ -102,6 +104,45 @@ async def test_no_worker_is_no_responders(conns: Callable[[], Awaitable[NatsConn
     with pytest.raises(NoResponders):
         await client.call("prefill", "run", b"x", timeout_s=5)
     assert time.monotonic() - started < 2
+
+
+async def slow(request: Request) -> AsyncIterator[bytes]:
+    await asyncio.sleep(1.5)
+    yield b"done"
+
+
+async def test_keepalives_tell_a_slow_worker_from_a_lost_one(
+    conns: Callable[[], Awaitable[NatsConnection]],
+) -> None:
+    settings = WorkerSettings(keepalive_interval_s=0.1)
+    alive = WorkerServer(await conns(), SUBJECTS, "encode", "alive", {"slow": slow}, settings=settings)
+    await alive.start()
+    client = RequestClient(await conns(), SUBJECTS)
+    try:
+        # Three times longer than the liveness timeout, but the worker keeps saying it holds the request.
+        async with client.stream("encode", "slow", b"x", timeout_s=10, liveness_timeout_s=0.5) as replies:
+            assert [r.data async for r in replies] == [b"done"]
+    finally:
+        await alive.close()
+
+    # The worker's connection dies while it holds the request: nothing more arrives, and the caller
+    # knows within the liveness timeout instead of waiting for the deadline.
+    worker_conn = await conns()
+    lost = WorkerServer(worker_conn, SUBJECTS, "encode", "lost", {"slow": slow}, settings=settings)
+    await lost.start()
+    try:
+        started = time.monotonic()
+        async with client.stream("encode", "slow", b"x", timeout_s=10, liveness_timeout_s=0.5) as replies:
+            first = asyncio.create_task(anext(aiter(replies)))
+            await asyncio.sleep(0.3)  # accepted and running by now
+            assert replies.worker_id == "lost"
+            await worker_conn.close()
+            with pytest.raises(WorkerLost):
+                await first
+        assert time.monotonic() - started < 1.5
+    finally:
+        with contextlib.suppress(Exception):
+            await lost.close()
 
 
 async def test_deadline_times_out_and_the_worker_stops(

@@ -92,6 +92,7 @@ from triptych_workers.transport import (
     Subjects,
     TransportError,
     WorkerBusy,
+    WorkerLost,
 )
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def error_body(exc: BaseException) -> tuple[int, ErrorResponse, Outcome]:
             message="the request did not finish within its deadline", type="timeout", code="timeout"
         )
         return 504, ErrorResponse(error=info), "timeout"
-    if isinstance(exc, Overloaded | WorkerBusy | NoResponders):
+    if isinstance(exc, Overloaded | WorkerBusy | NoResponders | WorkerLost):
         info = ErrorInfo(
             message="the service is overloaded or has no worker for this request; retry later",
             type="service_unavailable",

@@ -28,6 +28,7 @@ from triptych_workers.transport.errors import (
     TransportClosed,
     TransportError,
     WorkerBusy,
+    WorkerLost,
 )
 from triptych_workers.transport.health import TransportHealth, assess
 from triptych_workers.transport.metrics import TransportMetrics
@@ -77,6 +78,7 @@ __all__ = [
     "TransportMetrics",
     "WorkerBusy",
     "WorkerLoad",
+    "WorkerLost",
     "WorkerServer",
     "WorkerSettings",
     "assess",

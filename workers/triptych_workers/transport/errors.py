@@ -35,6 +35,11 @@ class WorkerBusy(TransportError):
         self.worker_id = worker_id
 
 
+class WorkerLost(TransportError):
+    """Nothing was heard for the request within the liveness timeout: the worker holding it died, froze or
+    lost its connection (a live worker sends keepalives while it holds a request)."""
+
+
 class RemoteError(TransportError):
     """The worker's handler failed; ``code`` is the worker's machine-readable reason."""
 

@@ -44,6 +44,7 @@ from triptych_workers.transport.errors import (
     RequestTimeout,
     TransportError,
     WorkerBusy,
+    WorkerLost,
 )
 from triptych_workers.transport.metrics import TransportMetrics
 from triptych_workers.transport.subjects import Subjects
@@ -62,6 +63,10 @@ KIND_ACCEPTED = "accepted"
 KIND_CHUNK = "chunk"
 KIND_END = "end"
 KIND_ERROR = "error"
+# Sent by a worker every ``keepalive_interval_s`` for each request it holds (queued or running), so a caller
+# tells a slow worker from a dead one long before the request's deadline.
+KIND_KEEPALIVE = "keepalive"
+DEFAULT_LIVENESS_TIMEOUT_S = 5.0
 
 CODE_BUSY = "busy"
 CODE_EXPIRED = "expired"
@@ -130,10 +135,13 @@ class ReplyStream:
         payload: bytes,
         headers: Mapping[str, str],
         timeout_s: float,
+        liveness_timeout_s: float = DEFAULT_LIVENESS_TIMEOUT_S,
     ) -> None:
         self._conn = conn
         self._subjects = subjects
         self._role = role
+        self._liveness_timeout_s = liveness_timeout_s
+        self._last_heard = time.monotonic()
         self._subject = subject
         self._payload = payload
         self._headers = dict(headers)
@@ -171,14 +179,22 @@ class ReplyStream:
         await self.open()
         assert self._sub is not None
         while True:
-            remaining = self._deadline_mono - time.monotonic()
+            now = time.monotonic()
+            remaining = self._deadline_mono - now
             if remaining <= 0:
                 await self._give_up()
                 raise RequestTimeout(f"no complete reply from {self._subject} within the deadline")
+            silent_for = now - self._last_heard
+            if silent_for >= self._liveness_timeout_s:
+                await self._give_up()
+                who = f"worker {self.worker_id}" if self.worker_id else "no worker"
+                raise WorkerLost(
+                    f"nothing from {who} on {self._subject} for {silent_for:.1f} s (gone or stuck)"
+                )
             try:
-                msg = await self._sub.next_msg(timeout=remaining)
+                msg = await self._sub.next_msg(timeout=min(remaining, self._liveness_timeout_s - silent_for))
             except nats.errors.TimeoutError:
-                continue  # loop re-checks the deadline and raises
+                continue  # loop re-checks the deadline and liveness, and raises
             except nats.errors.ConnectionClosedError as exc:
                 self._done = True
                 raise TransportError("NATS connection closed while waiting for a reply") from exc
@@ -188,10 +204,11 @@ class ReplyStream:
                 raise NoResponders(f"no worker subscribes to {self._subject}")
             kind = headers.get(H_KIND)
             worker = headers.get(H_WORKER, "")
+            self._last_heard = time.monotonic()
             if worker and kind != KIND_ERROR:
                 # Any message names the worker (a first chunk may overtake "accepted"): cancel goes there.
                 self.worker_id = worker
-            if kind == KIND_ACCEPTED:
+            if kind in (KIND_ACCEPTED, KIND_KEEPALIVE):
                 continue
             if kind == KIND_CHUNK:
                 return Reply(data=msg.data, headers=headers, worker_id=worker)
@@ -248,8 +265,10 @@ class RequestClient:
         timeout_s: float,
         worker_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        liveness_timeout_s: float = DEFAULT_LIVENESS_TIMEOUT_S,
     ) -> ReplyStream:
-        """A streamed request; ``worker_id`` targets that worker's direct subject instead of the pool."""
+        """A streamed request; ``worker_id`` targets that worker's direct subject instead of the pool.
+        ``WorkerLost`` ends it when nothing (not even a keepalive) arrives for ``liveness_timeout_s``."""
         subject = self.subjects.worker(role, worker_id, verb) if worker_id else self.subjects.role(role, verb)
         return ReplyStream(
             self._conn,
@@ -259,6 +278,7 @@ class RequestClient:
             payload=payload,
             headers={**(headers or {}), H_VERB: verb},
             timeout_s=timeout_s,
+            liveness_timeout_s=liveness_timeout_s,
         )
 
     async def call(
@@ -338,6 +358,7 @@ class WorkerSettings:
     concurrency: int = 1
     queue_capacity: int = 8
     heartbeat_interval_s: float = 1.0
+    keepalive_interval_s: float = 1.0
     drain_timeout_s: float = 10.0
 
 
@@ -372,6 +393,7 @@ class WorkerServer:
         self._cancelled_queued: set[str] = set()
         self._queued_ids: set[str] = set()  # asyncio.Queue has no public view of its items
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._held: dict[str, str] = {}  # request id -> reply subject, from "accepted" until the last reply
         self._subs: list[Subscription] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
@@ -417,6 +439,7 @@ class WorkerServer:
         for i in range(self.settings.concurrency):
             self._tasks.append(asyncio.create_task(self._consume(), name=f"{self.worker_id}-consumer-{i}"))
         self._tasks.append(asyncio.create_task(self._heartbeat(), name=f"{self.worker_id}-heartbeat"))
+        self._tasks.append(asyncio.create_task(self._keepalive(), name=f"{self.worker_id}-keepalive"))
         self._publish_gauges()
 
     async def close(self) -> None:
@@ -482,6 +505,7 @@ class WorkerServer:
             )
             return
         self._publish_gauges()
+        self._held[request.id] = msg.reply
         await self._send(msg.reply, request_id, KIND_ACCEPTED, b"")
 
     async def _on_cancel(self, msg: Msg) -> None:
@@ -525,6 +549,7 @@ class WorkerServer:
                 finally:
                     self._running.pop(request.id, None)
             finally:
+                self._held.pop(request.id, None)
                 self._queue.task_done()
                 self._publish_gauges()
 
@@ -566,6 +591,12 @@ class WorkerServer:
             with contextlib.suppress(TransportError, nats.errors.Error):
                 await self._conn.client.publish(self.subjects.load(self.role), self.load().to_json())
             await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.keepalive_interval_s)
+            for request_id, reply in list(self._held.items()):
+                await self._send(reply, request_id, KIND_KEEPALIVE, b"")
 
     def _publish_gauges(self) -> None:
         if self._metrics:
