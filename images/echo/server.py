@@ -6,6 +6,7 @@ gradient PNG (stdlib only: zlib + struct), so a MultimodalDeployment can fetch h
 
 import json
 import os
+import signal
 import socket
 import struct
 import zlib
@@ -82,7 +83,14 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
 
 
+def stop(signum: int, frame: object) -> None:
+    # As PID 1 in its container, a process that sets no handler ignores SIGTERM and waits out the whole
+    # termination grace period: exit at once instead.
+    raise SystemExit(0)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop)
     port = int(os.environ.get("PORT", "8080"))
     print(f"echo: listening on :{port}", flush=True)
     Server(("0.0.0.0", port), Echo).serve_forever()  # noqa: S104 - inside the pod's own network namespace

@@ -338,6 +338,8 @@ class Cluster:
         kubelet_running = read_pid(self.paths.pidfile("kubelet")) is not None
         if kubelet_running and self.paths.kubeconfig.exists() and self.api_ready():
             # Pods first, through the API, so the kubelet stops them and CNI releases their network.
+            # Cordon first: pods of Deployments would otherwise be replaced on this node as fast as they go.
+            self.kubectl("cordon", REAL_NODE, check=False, timeout=30)
             # (kubectl refuses --all together with --field-selector: the selector alone picks every pod.)
             self.kubectl(
                 "delete",
