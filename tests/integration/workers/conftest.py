@@ -4,6 +4,7 @@ leaving the machine."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import socket
@@ -288,3 +289,13 @@ def nats_server() -> Iterator[NatsServerProcess]:
         yield server
     finally:
         server.stop()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    """Poll ``predicate`` on the event loop until it holds (True) or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True

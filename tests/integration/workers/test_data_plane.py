@@ -5,7 +5,6 @@ transport that ends up on TCP is reported."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,19 +25,10 @@ from triptych_workers.transport import (
 from triptych_workers.transport.health import parse_ucx_transports
 from triptych_workers.transport.nixl_adapter import nixl_importable
 
-from tests.integration.workers.conftest import NatsServerProcess
+from tests.integration.workers.conftest import NatsServerProcess, wait_until
 
 SUBJECTS = Subjects("ns1", "demo")
 needs_nixl = pytest.mark.skipif(not nixl_importable(), reason="nixl is not installed")
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 class Pair:

@@ -27,18 +27,9 @@ from triptych_workers.transport import (
     WorkerSettings,
 )
 
-from tests.integration.workers.conftest import NatsServerProcess
+from tests.integration.workers.conftest import NatsServerProcess, wait_until
 
 SUBJECTS = Subjects("ns1", "demo")
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 async def echo(request: Request) -> AsyncIterator[bytes]:
