@@ -201,10 +201,15 @@ def kubelet_config(paths: Paths) -> str:
         # Pods get only the cluster DNS; nothing outside the cluster resolves.
         "resolvConf": str(paths.state / "resolv.conf"),
         "serializeImagePulls": False,
-        # Images are imported, not pulled: image GC must never delete them.
+        # Images are imported, not pulled: nothing may delete them, since nothing could pull them back.
+        # The GC thresholds alone are not enough: disk-pressure eviction reclaims by deleting "unused"
+        # images whatever they say (a CI machine with a full disk lost the pause image that way, and no
+        # pod could start after). So evict on memory only: with mergeDefaultEvictionSettings false, the
+        # signals left out here (nodefs, imagefs, inodes) are off. `hack/images` checks free space itself.
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
-        "evictionHard": {"memory.available": "200Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+        "evictionHard": {"memory.available": "200Mi"},
+        "mergeDefaultEvictionSettings": False,
         "maxPods": 110,
         "makeIPTablesUtilChains": True,
         "shutdownGracePeriod": "0s",

@@ -286,10 +286,28 @@ def import_image(paths: Paths, name: str) -> None:
             what=f"images: export {name}",
             timeout=1800,
         )
+        require_free_space(paths, name, needed=2 * archive.stat().st_size)
         ctr(paths, "images", "import", "--no-unpack=false", archive)
     record["imported_hash"] = record["hash"]
     save_record(name, record)
     log(f"{name}: imported into the node's containerd in {time.monotonic() - start:.1f} s ({ref})")
+
+
+# Room left over after an import: the kubelet never evicts on disk (see configs.kubelet_config), so a full
+# disk shows up as pods failing to write; better to refuse the import with a message that says why.
+FREE_SPACE_MARGIN = 2 * 1024**3
+
+
+def require_free_space(paths: Paths, name: str, *, needed: int) -> None:
+    """containerd stores an imported image twice (its content blobs and the unpacked snapshot)."""
+    free = shutil.disk_usage(paths.containerd_root).free
+    if free < needed + FREE_SPACE_MARGIN:
+        gib = 1024**3
+        raise ClusterError(
+            f"images: importing {name} needs {(needed + FREE_SPACE_MARGIN) / gib:.1f} GiB free under "
+            f"{paths.containerd_root}, only {free / gib:.1f} GiB is; free some space (old buildah images: "
+            "'buildah images', 'buildah rmi --prune') and run again"
+        )
 
 
 def import_built_images(paths: Paths, required: tuple[str, ...] = ()) -> None:
@@ -322,6 +340,10 @@ def build(names: list[str], force: bool) -> None:
             import_image(paths, name)
         else:
             log(f"{name}: the node is down; imported at the next 'hack/cluster up'")
+    if containerd_ready(paths) and "pause" not in wanted:
+        # Every pod needs the sandbox image; a cheap check (nothing is copied when it is there) that makes
+        # `hack/images build X` also repair a node whose pause image was lost.
+        import_image(paths, "pause")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -316,3 +316,15 @@ def test_network_safety_blackholes_and_egress_fence_are_in_place(cluster: Kube) 
     assert forward[1] == "-A FORWARD -j TRIPTYCH-FORWARD"
     nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout
     assert "MASQUERADE" not in "\n".join(line for line in nat.splitlines() if "KUBE-" not in line)
+
+
+def test_kubelet_never_deletes_imported_images(cluster: Kube) -> None:
+    """There is no registry to pull from: an image the kubelet deletes is gone until `hack/images` runs again.
+    Read from the running kubelet (its /configz, through the API server's node proxy), not from our config
+    builder, because what matters is what the kubelet made of it: with disk-pressure eviction on, a nearly
+    full disk made it delete the pause image and then no pod could start."""
+    config = json.loads(cluster.run("get", "--raw", "/api/v1/nodes/triptych-real/proxy/configz").stdout)
+    kubelet = config["kubeletconfig"]
+    assert kubelet["imageGCHighThresholdPercent"] == 100
+    assert set(kubelet["evictionHard"]) == {"memory.available"}, kubelet["evictionHard"]
+    assert not kubelet.get("evictionSoft"), kubelet.get("evictionSoft")

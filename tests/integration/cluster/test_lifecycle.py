@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HACK
+from tests.integration.cluster.test_cluster import REAL_NODE_SELECTOR, echo_container
 from tests.kube import Kube, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.cluster_lifecycle]
@@ -49,7 +50,34 @@ def alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split(") ", 1)[1][0] != "Z"
 
 
-def test_up_when_up_is_a_noop_and_down_leaves_nothing_and_up_works_again(cluster: Kube) -> None:
+def test_up_when_up_is_a_noop_and_down_leaves_nothing_and_up_works_again(
+    cluster: Kube, namespace: str
+) -> None:
+    # A Deployment on the real node, so `down` has running sandboxes to drain and a controller that would
+    # recreate them as fast as they go (what forced `down` to cordon the node first).
+    labels = {"app": "lifecycle-echo"}
+    cluster.apply(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "lifecycle-echo"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "nodeSelector": REAL_NODE_SELECTOR,
+                        "containers": [echo_container()],
+                    },
+                },
+            },
+        },
+        namespace=namespace,
+    )
+    cluster.run(
+        "rollout", "status", "deployment/lifecycle-echo", "-n", namespace, "--timeout=120s", timeout=130
+    )  # fmt: skip
     start = time.monotonic()
     again = hack("cluster", "up")
     assert again.returncode == 0, again.stderr
@@ -59,7 +87,7 @@ def test_up_when_up_is_a_noop_and_down_leaves_nothing_and_up_works_again(cluster
     state = cluster.kubeconfig.parent
     pids = cluster_pids(state)
     assert {"containerd", "kubelet", "kube-proxy", "coredns", "kube-apiserver", "etcd"} <= set(pids.values())
-    assert "containerd-shim" in pids.values()  # pods from earlier tests were running on the real node
+    assert "containerd-shim" in pids.values()
 
     down = hack("cluster", "down")
     assert down.returncode == 0, down.stderr
