@@ -80,4 +80,4 @@ undeploy: ## uninstall the chart (the CRDs stay, as Helm leaves crds/ alone, and
 
 run: venv ## the operator as a local process against the local cluster (pauses an in-cluster one: priority)
 	$(KUBECTL) apply --server-side -f charts/triptych/crds/
-	KUBECONFIG=$(KUBECONFIG_LOCAL) $(VENV)/bin/triptych-operator --peering triptych --priority 1000
+	KUBECONFIG=$(KUBECONFIG_LOCAL) $(VENV)/bin/triptych-operator --peering triptych --priority 1

@@ -1,14 +1,15 @@
 """`triptych-operator`: build the settings, the API client and the Reconciler once, then run kopf.
 
-    triptych-operator --peering triptych                 # in the cluster (the chart's Deployment)
-    triptych-operator --peering triptych --priority 1000 # a developer's `make run`: the in-cluster one pauses
-    triptych-operator --standalone                       # no peering objects (no chart installed)
+    triptych-operator --peering triptych              # in the cluster (the chart's Deployment)
+    triptych-operator --peering triptych --priority 1 # a developer's `make run`: the in-cluster one pauses
+    triptych-operator --standalone                    # no peering objects (no chart installed)
 
 HA: kopf has no leader election; peers with a lower priority pause while a higher one is alive, and peers
-with the SAME priority all pause. Replicas of one Deployment therefore add a random offset below 100 to the
-base priority: the highest runs, the others stand by and take over when its peering record expires. (Two
-replicas drawing the same offset both pause until one restarts; server-side apply keeps even a double
-reconcile harmless.)
+with the SAME priority all pause. So `--priority` is a tier, and each process draws a random rank inside
+it: kopf's priority is tier * PRIORITY_SPREAD + rank. Within a tier (the replicas of the chart's Deployment)
+the highest rank works and the others stand by, taking over when its peering record goes (at once when it
+exits cleanly, after `peering.lifetime` when it dies). Any peer of a higher tier outranks every lower one.
+Two replicas draw the same rank, and both pause until one restarts, once in PRIORITY_SPREAD pairs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from triptych_operator.handlers.reconcile import Reconciler
 from triptych_operator.kube import Kube
 from triptych_operator.settings import OperatorSettings
 
-PRIORITY_SPREAD = 100
+PRIORITY_SPREAD = 1_000_000
+
+
+def peering_priority(tier: int, rank: int) -> int:
+    """kopf's priority for a peer of `tier` that drew `rank` (0 <= rank < PRIORITY_SPREAD)."""
+    if not 0 <= rank < PRIORITY_SPREAD:
+        raise ValueError(f"rank {rank} outside [0, {PRIORITY_SPREAD})")
+    return tier * PRIORITY_SPREAD + rank
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,7 +40,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--peering", default="triptych", help="ClusterKopfPeering name (default: triptych)")
     mode.add_argument("--standalone", action="store_true", help="run without peering")
-    parser.add_argument("--priority", type=int, default=0, help="base peering priority (default: 0)")
+    parser.add_argument(
+        "--priority", type=int, default=0, help="peering tier: higher tiers outrank lower ones (default: 0)"
+    )
     parser.add_argument(
         "--liveness",
         default="http://0.0.0.0:8080/healthz",
@@ -58,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             clusterwide=True,
             standalone=True if args.standalone else None,
             peering_name=None if args.standalone else args.peering,
-            priority=args.priority + random.randrange(PRIORITY_SPREAD),  # noqa: S311 - not security
+            priority=peering_priority(args.priority, random.randrange(PRIORITY_SPREAD)),  # noqa: S311
             liveness_endpoint=args.liveness or None,
             memo=kopf.Memo(reconciler=Reconciler(kube, settings)),
         )

@@ -34,6 +34,7 @@ from localcluster.config import (
 )
 from localcluster.procs import (
     ClusterError,
+    alive,
     pids_with_cmdline,
     read_pid,
     run,
@@ -331,6 +332,28 @@ class Cluster:
             == 0
         )
 
+    def restart_control_plane(self) -> None:
+        """Stop etcd, the API server, the controllers, the scheduler and kwok, then start them again on the
+        same data: what a control-plane upgrade or crash looks like to the operator and the kubelet."""
+        if not self.control_plane_up():
+            raise ClusterError("the control plane is not running (hack/cluster up)")
+        t0 = time.monotonic()
+        pids = [read_pid(f) for f in sorted((self.paths.kwok_cluster / "pids").glob("*.pid"))]
+        self.kwokctl("stop", "cluster", what="control plane (kwokctl stop cluster)", timeout=60)
+        wait_until(
+            "control plane processes to exit",
+            lambda: not any(pid is not None and alive(pid) for pid in pids),
+            deadline_s=30,
+            paths=self.paths,
+        )
+        stopped = time.monotonic()
+        self.kwokctl("start", "cluster", what="control plane (kwokctl start cluster)", timeout=60)
+        wait_until("kube-apiserver", self.api_ready, deadline_s=60, paths=self.paths)
+        log(
+            f"control plane restarted: down {stopped - t0:.1f} s, API ready again "
+            f"{time.monotonic() - stopped:.1f} s after start"
+        )
+
     # --- down ----------------------------------------------------------------------------------------
     def down(self) -> None:
         t0 = time.monotonic()
@@ -466,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--gpu-nodes", type=int, default=int(os.environ.get("TRIPTYCH_GPU_NODES", "4")))
     sub.add_parser("down", help="stop everything; leaves no process, route or interface")
     sub.add_parser("status", help="components and nodes")
+    sub.add_parser(
+        "restart-control-plane", help="stop and start etcd, kube-apiserver, controllers, scheduler, kwok"
+    )
     sub.add_parser("kubeconfig", help="print the kubeconfig file's path")
     args = parser.parse_args(argv)
     cluster = Cluster(Paths(cache_dir()))
@@ -476,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
             cluster.down()
         elif args.command == "status":
             return cluster.status()
+        elif args.command == "restart-control-plane":
+            cluster.restart_control_plane()
         else:
             print(cluster.paths.kubeconfig)
     except ClusterError as exc:

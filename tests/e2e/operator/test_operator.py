@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import HACK
 from tests.e2e.operator.conftest import (
     OPERATOR_NS,
     condition,
@@ -310,22 +311,116 @@ def test_operator_restart_mid_rollout_converges(operator: Kube, namespace: str) 
         timeout=120,
     )  # fmt: skip
     wait_ready(operator, namespace, *names, timeout=120)
-    owners = {o["metadata"]["uid"]: o["metadata"]["name"] for o in operator.items("mmdeploy", namespace)}
-    items = operator.items(CHILD_KINDS, namespace, "triptych.dev/deployment")
-    expected = {
-        f"{k}/{n}-{r}"
-        for n in names
-        for k in ("Deployment", "Service", "ConfigMap")
-        for r in ("frontend", "decode")
-    }
+    _assert_children_unduplicated(operator, namespace, names, ("frontend", "decode"))
+    replicasets = operator.items("replicasets", namespace)
+    assert len(replicasets) == len(names) * 2
+
+
+def _assert_children_unduplicated(
+    kube: Kube, namespace: str, names: list[str], roles: tuple[str, ...]
+) -> None:
+    owners = {o["metadata"]["uid"]: o["metadata"]["name"] for o in kube.items("mmdeploy", namespace)}
+    items = kube.items(CHILD_KINDS, namespace, "triptych.dev/deployment")
+    expected = {f"{k}/{n}-{r}" for n in names for k in ("Deployment", "Service", "ConfigMap") for r in roles}
     got = [f"{i['kind']}/{i['metadata']['name']}" for i in items]
     assert sorted(got) == sorted(expected)  # nothing duplicated, nothing missing
     for item in items:
         refs = item["metadata"]["ownerReferences"]
         assert len(refs) == 1, item["metadata"]["name"]
         assert refs[0]["uid"] in owners, item["metadata"]["name"]
-    replicasets = operator.items("replicasets", namespace)
-    assert len(replicasets) == len(names) * 2
+
+
+def test_operator_survives_a_control_plane_restart(operator: Kube, namespace: str) -> None:
+    """etcd, the API server, the controllers and the scheduler stop and start again under the running operator
+    (`hack/cluster restart-control-plane`): its watches break and must come back by themselves. The same
+    operator process (no container restart) then reconciles a change to an existing object and a new one."""
+    operator.apply(small("before", namespace))
+    wait_ready(operator, namespace, "before")
+    (pod,) = operator_pods(operator)
+    restarts = pod["status"]["containerStatuses"][0]["restartCount"]
+    restart = subprocess.run(
+        [str(HACK / "cluster"), "restart-control-plane"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert restart.returncode == 0, restart.stderr
+    operator.apply(
+        small("before", namespace, roles={"frontend": {"replicas": 1}, "decode": {"replicas": 2}}),
+        small("after", namespace),
+    )
+    wait_for(
+        "the existing object's decode Deployment scaled to 2",
+        lambda: (operator.get("deployment", "before-decode", namespace) or {}).get("spec", {}).get("replicas")
+        == 2 or None,
+        timeout=180,
+        interval=2,
+    )  # fmt: skip
+    wait_ready(operator, namespace, "before", "after", timeout=180)
+    (after_pod,) = operator_pods(operator)
+    assert after_pod["metadata"]["name"] == pod["metadata"]["name"]
+    assert after_pod["status"]["containerStatuses"][0]["restartCount"] == restarts
+    _assert_children_unduplicated(operator, namespace, ["before", "after"], ("frontend", "decode"))
+
+
+def _peers(kube: Kube) -> dict[str, int]:
+    """Live peers in the ClusterKopfPeering: kopf's identity (the pod's name, from POD_ID) -> priority."""
+    peering = kube.json("get", "clusterkopfpeering", "triptych")
+    return {
+        peer: record["priority"]
+        for peer, record in (peering.get("status") or {}).items()
+        if isinstance(record, dict) and record.get("lifetime", 0) > 0
+    }
+
+
+def _log_lines(kube: Kube, pod: str) -> list[str]:
+    return kube.run("-n", OPERATOR_NS, "logs", pod).stdout.splitlines()
+
+
+def test_standby_replica_takes_over_when_the_working_one_goes(operator: Kube, namespace: str) -> None:
+    """Two operator replicas: kopf peering lets the higher-priority one work while the other stands by (kopf
+    logs only transitions, so a standby that started paused says nothing until it takes over). When the
+    working pod is deleted, it removes its peering record on the way out; the standby resumes (and says so)
+    well before the Deployment's replacement pod has started, reconciles what is applied next, and nothing
+    is duplicated. The chart's single replica is restored afterwards."""
+    deployment = "deployment/triptych-operator"
+    operator.run("-n", OPERATOR_NS, "scale", deployment, "--replicas=2")
+    try:
+        pods = wait_for(
+            "two operator replicas Ready and both in the peering",
+            lambda: (
+                names
+                if len(names := [p["metadata"]["name"] for p in operator_pods(operator)
+                                 if condition(p, "Ready").get("status") == "True"]) == 2
+                and set(names) <= set(_peers(operator))
+                else None
+            ),
+            timeout=120,
+            interval=1,
+        )  # fmt: skip
+        peers = _peers(operator)
+        working, standby = sorted(pods, key=lambda name: peers[name], reverse=True)
+        operator.apply(small("while-two", namespace))
+        wait_ready(operator, namespace, "while-two")
+
+        def resumed() -> int:
+            return sum("Resuming operations" in line for line in _log_lines(operator, standby))
+
+        # A standby that started first worked until the other joined: count, do not just look.
+        resumed_before = resumed()
+        operator.run("-n", OPERATOR_NS, "delete", "pod", working, "--wait=false")
+        wait_for("the standby to resume", lambda: resumed() > resumed_before or None, timeout=60)
+        operator.apply(small("after-failover", namespace))
+        wait_ready(operator, namespace, "while-two", "after-failover")
+        _assert_children_unduplicated(
+            operator, namespace, ["while-two", "after-failover"], ("frontend", "decode")
+        )
+    finally:
+        operator.run("-n", OPERATOR_NS, "scale", deployment, "--replicas=1")
+        operator.run(
+            "-n", OPERATOR_NS, "rollout", "status", deployment, "--timeout=120s", timeout=130
+        )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ (h)
