@@ -74,6 +74,7 @@ MODES: Final = ("E/P/D", "E/PD", "EP/D", "EPD")
 METRIC_TRANSFER_REGISTERED_BYTES: Final = "triptych_transfer_registered_bytes"
 METRIC_TRANSFER_LEASED_BYTES: Final = "triptych_transfer_leased_bytes"
 METRIC_TRANSFER_LEASES_EXPIRED: Final = "triptych_transfer_leases_expired_total"
+METRIC_TRANSFER_DISCARDED: Final = "triptych_transfer_discarded_total"
 METRIC_DATA_PLANE: Final = "triptych_data_plane_info"
 METRIC_TRANSPORT_DEGRADED: Final = "triptych_transport_degraded"
 # Requests a worker turned away because its local queue was full (labels: role, deployment).

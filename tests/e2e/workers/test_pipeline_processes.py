@@ -32,6 +32,7 @@ from triptych_workers.hashing import hash_media
 from triptych_workers.media.image import decode_image
 
 from tests.integration.workers.conftest import NATS_SERVER_BINARY, NatsServerProcess
+from tests.kube import wait_for
 from tests.media_factory import indexed_video, sine, wav_bytes
 from tests.worker_processes import (
     MODEL,
@@ -183,6 +184,27 @@ def test_same_tokens_in_every_mode(
                 "triptych_transfer_bytes_total{" in scraped
                 or "triptych_transfer_bytes_total{" in dep.frontend.metrics()
             )
+
+
+def test_encoder_cache_hit_reads_no_media(tmp_path: Path, nats: NatsServerProcess, model_dir: Path) -> None:
+    """E/PD, the same large image twice: the second request is an encoder-cache hit found by the hash the
+    frontend sends, so the encode worker reads the media once in all (its reader-side bytes do not move) and
+    tells the frontend to let go of the second copy at once: the frontend holds nothing afterwards, long
+    before the 30 s lease would have freed it."""
+    image = png(11, width=320, height=240)  # 230 KB decoded: held under a lease, not inside the descriptor
+    for dep in _deploy(tmp_path, nats, model_dir, "E/PD"):
+        client, encoder, frontend = dep.client(timeout=60), dep.workers["encode"], dep.frontend
+        first = _stream_text(client, image_content(image))
+        read_once = encoder.sample_sum("triptych_transfer_bytes_total")
+        assert read_once >= 320 * 240 * 3
+        assert _stream_text(client, image_content(image)) == first
+        assert encoder.sample_sum("triptych_transfer_bytes_total") == read_once
+        assert encoder.sample_sum("triptych_transfer_discarded_total") == 1
+        wait_for(
+            "the frontend to hold no leased media",
+            lambda f=frontend: f.sample_sum("triptych_transfer_leased_bytes") == 0 or None,  # type: ignore[misc]
+            timeout=5,
+        )
 
 
 def test_killed_encoder_and_nats_restart(tmp_path: Path, nats: NatsServerProcess, model_dir: Path) -> None:

@@ -128,6 +128,45 @@ async def test_lease_expires_when_nobody_reads(make_pair: Callable[..., object])
         await pair.consumer.fetch(descriptor, timeout_s=5)
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pytest.param(DataPlaneSettings(nixl_min_bytes=0), id="nixl", marks=needs_nixl),
+        pytest.param(DataPlaneSettings(nixl_enabled=False), id="inline"),
+    ],
+)
+async def test_discard_frees_the_producer_at_once_without_a_read(
+    make_pair: Callable[..., object], settings: DataPlaneSettings
+) -> None:
+    """A reader that will not read (an encoder-cache hit) says so: the producer lets go now, not when the 30 s
+    lease runs out, and nothing is counted as moved or expired."""
+    pair = await make_pair(settings)  # type: ignore[misc]
+    assert isinstance(pair, Pair)
+    size = 1 << 20
+    descriptor = await pair.producer.publish(np.ones(size, dtype=np.uint8))
+    transport = descriptor.transport
+    assert pair.sample(0, "triptych_transfer_leased_bytes", transport=transport) == size
+    await pair.consumer.discard(TransferDescriptor.from_json(descriptor.to_json()))
+    assert await wait_until(
+        lambda: pair.sample(0, "triptych_transfer_leased_bytes", transport=transport) == 0, timeout_s=5
+    )
+    assert pair.sample(1, "triptych_transfer_discarded_total", transport=transport) == 1
+    assert not pair.sample(1, "triptych_transfer_bytes_total", transport=transport)
+    assert not pair.sample(0, "triptych_transfer_leases_expired_total", transport=transport)
+    if transport == "inline":  # gone for good: a late reader is told so (a one-sided NIXL READ cannot be)
+        with pytest.raises(LeaseExpired):
+            await pair.consumer.fetch(descriptor, timeout_s=5)
+
+
+async def test_discarding_an_embedded_payload_sends_nothing(make_pair: Callable[..., object]) -> None:
+    pair = await make_pair(DataPlaneSettings(nixl_enabled=False))  # type: ignore[misc]
+    assert isinstance(pair, Pair)
+    descriptor = await pair.producer.publish(np.ones(1000, dtype=np.uint8))
+    assert descriptor.data is not None  # rode in the descriptor: the producer holds nothing
+    await pair.consumer.discard(descriptor)
+    assert not pair.sample(1, "triptych_transfer_discarded_total", transport="inline")
+
+
 async def test_inline_when_nixl_disabled(make_pair: Callable[..., object]) -> None:
     pair = await make_pair(DataPlaneSettings(nixl_enabled=False))  # type: ignore[misc]
     assert isinstance(pair, Pair)

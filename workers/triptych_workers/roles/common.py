@@ -55,11 +55,38 @@ class CachedEncoder:
         )
 
     async def encode(self, item: MediaItem, span: PlaceholderSpan) -> EncodedItem:
+        """Embeddings for media already in this process (the aggregated, in-process pipeline)."""
+
         async def compute() -> EncodedItem:
             (encoded,) = await self._engine.encode([EncodeRequest(item, span)])
             return encoded
 
-        encoded = await self.cache.get_or_compute(item.media_hash, compute)
+        return self._placed(await self.cache.get_or_compute(item.media_hash, compute), span)
+
+    async def encode_ref(self, plane: Plane, ref: MediaRef, *, timeout_s: float) -> EncodedItem:
+        """Embeddings for media still on its sender's data plane, read only on a miss. The hash rides in the
+        ref, so a hit (or joining the computation already running for that hash) costs no transfer; the
+        sender is then told to let go of the media at once instead of holding it until its lease runs out."""
+        span = ref.span.unit()
+        fetched = False
+
+        async def compute() -> EncodedItem:
+            nonlocal fetched
+            item, _ = await fetch_media(plane, ref, timeout_s=timeout_s)
+            fetched = True
+            (encoded,) = await self._engine.encode([EncodeRequest(item, span)])
+            return encoded
+
+        try:
+            encoded = await self.cache.get_or_compute(ref.media_hash, compute)
+        finally:
+            if not fetched:
+                await plane.discard(TransferDescriptor.from_json(ref.data.descriptor))
+        return self._placed(encoded, span)
+
+    @staticmethod
+    def _placed(encoded: EncodedItem, span: PlaceholderSpan) -> EncodedItem:
+        """A cached item serves any prompt: only where its placeholders sit differs."""
         return encoded if encoded.span == span else encoded.with_span(span)
 
     def stats(self) -> EncoderCacheStats:
@@ -127,8 +154,7 @@ async def resolve_items(
         else:
             if encoder is None:
                 raise EngineError("this worker has no encode stage but was sent media to encode")
-            item, span = await fetch_media(plane, ref, timeout_s=timeout_s)
-            out.append(await encoder.encode(item, span))
+            out.append(await encoder.encode_ref(plane, ref, timeout_s=timeout_s))
     return out
 
 

@@ -1,9 +1,9 @@
 """The encode role: media in, embeddings out, behind the encoder cache.
 
-Serves ``encode``: each ``MediaRef`` is fetched from the sender's data plane, encoded (or found in the cache,
-or joined to the computation already running for the same hash), and its embeddings are published on this
-worker's data plane for prefill to read. The cache's keys ride in this worker's load announcements, so the
-frontend sends the next request for the same item here.
+Serves ``encode``: each ``MediaRef`` is looked up in the cache by the hash it carries (or joined to the
+computation already running for that hash); only a miss reads the media from the sender's data plane and
+encodes it. The embeddings are published on this worker's data plane for prefill to read. The cache's keys
+ride in this worker's load announcements, so the frontend sends the next request for the same item here.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 
 from triptych_workers.engines.base import EngineError
-from triptych_workers.roles.common import fetch_media, parse_work, publish_encoded
+from triptych_workers.roles.common import parse_work, publish_encoded
 from triptych_workers.roles.messages import VERB_ENCODE, EncodeWork
 from triptych_workers.roles.server import WorkerContext
 from triptych_workers.transport import Handler, Request
@@ -25,8 +25,7 @@ def handlers(ctx: WorkerContext) -> Mapping[str, Handler]:
     async def encode(request: Request) -> AsyncIterator[bytes]:
         work = parse_work(EncodeWork, request.payload)
         for ref in work.items:
-            item, span = await fetch_media(ctx.plane, ref, timeout_s=request.remaining())
-            encoded = await encoder.encode(item, span)
+            encoded = await encoder.encode_ref(ctx.plane, ref, timeout_s=request.remaining())
             yield (await publish_encoded(ctx.plane, encoded)).dumps()
 
     return {VERB_ENCODE: encode}

@@ -30,7 +30,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Protocol
@@ -301,7 +301,64 @@ class _Leases:
             self.release(transfer_id)
 
 
-class InlineDataPlane:
+class _LeaseHolder:
+    """What both data planes share as producers: payloads held under leases for their readers, let go when
+    a reader sends ``release`` (after reading, or instead of reading) or when the reaper finds the lease
+    expired."""
+
+    transport: TransportName
+
+    def __init__(
+        self,
+        conn: NatsConnection,
+        subjects: Subjects,
+        name: str,
+        metrics: TransportMetrics,
+        lease_timeout_s: float,
+    ) -> None:
+        self._conn = conn
+        self._subjects = subjects
+        self.name = name
+        self._metrics = metrics
+        self.leases = _Leases(self.transport, metrics, lease_timeout_s)
+        self._subs: list[Subscription] = []
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def _serve(self, handlers: Mapping[str, Callable[[Msg], Awaitable[None]]]) -> None:
+        """Answer ``release`` and the plane's own verbs on this producer's subjects; start the reaper."""
+        nc = self._conn.client
+        self._subs = [
+            await nc.subscribe(self._subjects.data(self.name, verb), cb=callback)
+            for verb, callback in {**handlers, "release": self._on_release}.items()
+        ]
+        self._reaper = asyncio.create_task(
+            self.leases.reap_forever(), name=f"{self.name}-{self.transport}-reaper"
+        )
+
+    async def _stop_serving(self) -> None:
+        for sub in self._subs:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        self._subs, self._reaper = [], None
+        self.leases.release_all()
+
+    async def _on_release(self, msg: Msg) -> None:
+        self.leases.release(msg.data.decode("ascii", "replace"))
+
+    @property
+    def connection(self) -> NatsConnection:
+        return self._conn
+
+    @property
+    def subjects(self) -> Subjects:
+        return self._subjects
+
+
+class InlineDataPlane(_LeaseHolder):
     """Payloads over NATS: inside the descriptor when small, else streamed in chunks when fetched."""
 
     transport: TransportName = "inline"
@@ -316,27 +373,14 @@ class InlineDataPlane:
         embed_limit: int = 64 * 1024,
         lease_timeout_s: float = 30.0,
     ) -> None:
-        self._conn = conn
-        self._subjects = subjects
-        self.name = name
-        self._metrics = metrics
+        super().__init__(conn, subjects, name, metrics, lease_timeout_s)
         self.embed_limit = embed_limit
-        self.leases = _Leases("inline", metrics, lease_timeout_s)
-        self._subs: list[Subscription] = []
-        self._reaper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        nc = self._conn.client
-        self._subs = [
-            await nc.subscribe(self._subjects.data(self.name, "fetch"), cb=self._on_fetch),
-            await nc.subscribe(self._subjects.data(self.name, "release"), cb=self._on_release),
-        ]
-        self._reaper = asyncio.create_task(self.leases.reap_forever(), name=f"{self.name}-inline-reaper")
+        await self._serve({"fetch": self._on_fetch})
 
     async def close(self) -> None:
-        await _stop(self._subs, self._reaper)
-        self._subs, self._reaper = [], None
-        self.leases.release_all()
+        await self._stop_serving()
 
     async def publish(self, payload: Payload, meta: Mapping[str, str] | None = None) -> TransferDescriptor:
         data = as_u8(payload).tobytes()  # a copy: the caller may reuse its buffer once this returns
@@ -415,11 +459,8 @@ class InlineDataPlane:
             await nc.publish(msg.reply, bytes(view[offset : offset + chunk]), headers=headers)
         await nc.publish(msg.reply, b"", headers={_H_KIND: "end", _H_ID: transfer_id})
 
-    async def _on_release(self, msg: Msg) -> None:
-        self.leases.release(msg.data.decode("ascii", "replace"))
 
-
-class NixlDataPlane:
+class NixlDataPlane(_LeaseHolder):
     """Payloads over NIXL: registered pooled regions, one-sided READ by the consumer, release over NATS."""
 
     transport: TransportName = "nixl"
@@ -435,11 +476,7 @@ class NixlDataPlane:
         max_pooled_bytes: int = 1 << 30,
         metadata_timeout_s: float = 5.0,
     ) -> None:
-        self._conn = conn
-        self._subjects = subjects
-        self.name = name
-        self._metrics = metrics
-        self.leases = _Leases("nixl", metrics, lease_timeout_s)
+        super().__init__(conn, subjects, name, metrics, lease_timeout_s)
         self.max_pooled_bytes = max_pooled_bytes
         self.metadata_timeout_s = metadata_timeout_s
         self._agent: NixlAgent | None = None
@@ -447,8 +484,6 @@ class NixlDataPlane:
         # producer name -> (loaded NIXL agent name, generation of the metadata loaded)
         self._peers: dict[str, tuple[str, int]] = {}
         self._peer_locks: dict[str, asyncio.Lock] = {}
-        self._subs: list[Subscription] = []
-        self._reaper: asyncio.Task[None] | None = None
         self.metadata_fetches = 0
 
     @property
@@ -459,17 +494,10 @@ class NixlDataPlane:
         """Create the agent (raises ``NixlUnavailable``) and answer metadata/release requests."""
         self._agent = NixlAgent(self.name)
         self._pool = RegionPool(self._agent, self._metrics, max_pooled_bytes=self.max_pooled_bytes)
-        nc = self._conn.client
-        self._subs = [
-            await nc.subscribe(self._subjects.data(self.name, "meta"), cb=self._on_meta),
-            await nc.subscribe(self._subjects.data(self.name, "release"), cb=self._on_release),
-        ]
-        self._reaper = asyncio.create_task(self.leases.reap_forever(), name=f"{self.name}-nixl-reaper")
+        await self._serve({"meta": self._on_meta})
 
     async def close(self) -> None:
-        await _stop(self._subs, self._reaper)
-        self._subs, self._reaper = [], None
-        self.leases.release_all()
+        await self._stop_serving()
         if self._pool is not None:
             self._pool.close()
         if self._agent is not None:
@@ -566,9 +594,6 @@ class NixlDataPlane:
         headers = {_H_GENERATION: str(pool.generation)}
         await self._conn.client.publish(msg.reply, agent.metadata(), headers=headers)
 
-    async def _on_release(self, msg: Msg) -> None:
-        self.leases.release(msg.data.decode("ascii", "replace"))
-
 
 async def _wait_done(
     agent: NixlAgent, xfer: XferHandle, state: XferState, deadline: float, transfer_id: str
@@ -592,16 +617,6 @@ async def _send_release(conn: NatsConnection, subjects: Subjects, descriptor: Tr
         await conn.client.publish(
             subjects.data(descriptor.producer, "release"), descriptor.transfer_id.encode()
         )
-
-
-async def _stop(subs: list[Subscription], task: asyncio.Task[None] | None) -> None:
-    for sub in subs:
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @dataclass(frozen=True)
@@ -704,6 +719,14 @@ class TransferPlane:
         if self.nixl is not None and len(data) >= self.settings.nixl_min_bytes:
             return await self.nixl.publish(data, meta)
         return await self.inline.publish(data, meta)
+
+    async def discard(self, descriptor: TransferDescriptor) -> None:
+        """Tell the producer to let go of a payload this process will not read (an encoder-cache hit), so its
+        memory is free at once rather than when the lease runs out. Best effort, like every release."""
+        if descriptor.data is not None or not descriptor.expires_at:
+            return  # the payload rode in the descriptor: the producer holds nothing
+        await _send_release(self.inline.connection, self.inline.subjects, descriptor)
+        self._metrics.discarded.labels(descriptor.transport).inc()
 
     async def fetch(self, descriptor: TransferDescriptor, *, timeout_s: float) -> Received:
         started = time.perf_counter()

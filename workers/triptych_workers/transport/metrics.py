@@ -15,6 +15,7 @@ from triptych_contract import (
     METRIC_QUEUE_DEPTH,
     METRIC_REQUESTS_REJECTED,
     METRIC_TRANSFER_BYTES,
+    METRIC_TRANSFER_DISCARDED,
     METRIC_TRANSFER_LEASED_BYTES,
     METRIC_TRANSFER_LEASES_EXPIRED,
     METRIC_TRANSFER_REGISTERED_BYTES,
@@ -75,6 +76,12 @@ class TransportMetrics:
         self.leases_expired = Counter(
             METRIC_TRANSFER_LEASES_EXPIRED,
             "Published payloads released because no reader came before the lease ran out",
+            ["transport"],
+            registry=registry,
+        )
+        self.discarded = Counter(
+            METRIC_TRANSFER_DISCARDED,
+            "Published payloads a reader told the producer to drop unread (e.g. an encoder-cache hit)",
             ["transport"],
             registry=registry,
         )
