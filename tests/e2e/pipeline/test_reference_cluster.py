@@ -13,7 +13,6 @@ Every wait has a deadline; nothing connects to a kwok pod.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 import socket
@@ -25,23 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import openai
 import pytest
 import yaml
 
 pytest.importorskip("torch")
 
-from triptych_workers.engines.base import EncodeRequest, MediaItem, SamplingParams
-from triptych_workers.engines.reference.engine import ReferenceEngine
 from triptych_workers.engines.reference.model_dir import prepare_model
 from triptych_workers.engines.reference.spec import ReferenceSpec, default_model_dir
-from triptych_workers.hashing import hash_media
-from triptych_workers.media.image import decode_image
 
 from tests.e2e.conftest import build_images
 from tests.kube import Kube, wait_for
 from tests.media_factory import encode_image, gradient_array
+from tests.reference_answers import greedy_answers
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -83,30 +78,13 @@ def _data_url(png: bytes) -> str:
 
 @pytest.fixture(scope="module")
 def expected() -> dict[str, str]:
-    """Greedy answers of one in-process reference engine (no pods, no NATS), with the weights the pods'
-    init containers write (the same fixed-seed spec)."""
-
-    async def run() -> dict[str, str]:
-        engine = await ReferenceEngine.load(prepare_model(default_model_dir(ReferenceSpec())), num_threads=1)
-        try:
-            out = {}
-            png = _png(7)
-            media = [MediaItem("image", hash_media(png).hex, np.asarray(decode_image(png)))]
-            for key, content, items in (
-                ("text", TEXT, []),
-                ("image", _image_content(_data_url(png)), media),
-            ):
-                prompt = engine.render_chat([{"role": "user", "content": content}], items)
-                encoded = await engine.encode(
-                    [EncodeRequest(m, s) for m, s in zip(items, prompt.spans, strict=True)]
-                )
-                steps = engine.generate(prompt, encoded, SamplingParams(max_tokens=MAX_TOKENS))
-                out[key] = "".join([s.text async for s in steps])
-            return out
-        finally:
-            await engine.aclose()
-
-    return asyncio.run(run())
+    """With the weights the pods' init containers write (the same fixed-seed spec)."""
+    png = _png(7)
+    return greedy_answers(
+        prepare_model(default_model_dir(ReferenceSpec())),
+        {"text": (TEXT, []), "image": (_image_content(_data_url(png)), [png])},
+        max_tokens=MAX_TOKENS,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ helpers

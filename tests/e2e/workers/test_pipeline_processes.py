@@ -8,7 +8,6 @@ client an error within the deadline, never a hang; restarting NATS recovers with
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import signal
@@ -24,16 +23,13 @@ import pytest
 
 pytest.importorskip("torch")
 
-from triptych_workers.engines.base import EncodeRequest, MediaItem, SamplingParams
-from triptych_workers.engines.reference.engine import ReferenceEngine
 from triptych_workers.engines.reference.model_dir import prepare_model
 from triptych_workers.engines.reference.spec import ReferenceSpec, default_model_dir
-from triptych_workers.hashing import hash_media
-from triptych_workers.media.image import decode_image
 
 from tests.integration.workers.conftest import NATS_SERVER_BINARY, NatsServerProcess
 from tests.kube import wait_for
 from tests.media_factory import indexed_video, sine, wav_bytes
+from tests.reference_answers import greedy_answers
 from tests.worker_processes import (
     MODEL,
     Proc,
@@ -118,37 +114,11 @@ def _stream_text(client: openai.OpenAI, content: Any, max_tokens: int = MAX_TOKE
 
 @pytest.fixture(scope="module")
 def expected(model_dir: Path) -> dict[str, str]:
-    """The greedy answers of one in-process engine (no processes, no NATS)."""
-
-    async def run() -> dict[str, str]:
-        engine = await ReferenceEngine.load(model_dir, num_threads=1)
-        try:
-            out = {}
-            for key, content, media in (
-                ("text", "Hello, world! How are you today?", []),
-                (
-                    "image",
-                    image_content(png(7)),
-                    [
-                        MediaItem(
-                            "image",
-                            hash_media(png(7)).hex,
-                            __import__("numpy").asarray(decode_image(png(7))),
-                        )
-                    ],
-                ),
-            ):
-                prompt = engine.render_chat([{"role": "user", "content": content}], media)
-                items = await engine.encode(
-                    [EncodeRequest(m, s) for m, s in zip(media, prompt.spans, strict=True)]
-                )
-                steps = engine.generate(prompt, items, SamplingParams(max_tokens=MAX_TOKENS))
-                out[key] = "".join([s.text async for s in steps])
-            return out
-        finally:
-            await engine.aclose()
-
-    return asyncio.run(run())
+    return greedy_answers(
+        model_dir,
+        {"text": ("Hello, world! How are you today?", []), "image": (image_content(png(7)), [png(7)])},
+        max_tokens=MAX_TOKENS,
+    )
 
 
 @pytest.mark.parametrize("mode", ["EPD", "E/PD", "E/P/D"])

@@ -35,6 +35,7 @@ from tests.media_factory import (
     indexed_video,
     sine,
 )
+from tests.mutations import mutated
 
 # (container, codec, source rate): every container the decoder accepts, with an encoder this FFmpeg has.
 FORMATS = [
@@ -213,23 +214,6 @@ def samples() -> list[bytes]:
     ]
 
 
-@st.composite
-def mutated_audio(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(samples())))
-    for _ in range(draw(st.integers(1, 4))):
-        pos = draw(st.integers(0, len(data) - 1)) if data else 0
-        op = draw(st.sampled_from(["truncate", "flip", "insert", "delete"]))
-        if op == "truncate":
-            del data[pos:]
-        elif op == "flip" and data:
-            data[pos] ^= draw(st.integers(1, 255))
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
-        else:
-            del data[pos : pos + draw(st.integers(1, 32))]
-    return bytes(data)
-
-
 @pytest.mark.timeout(240)
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
@@ -240,8 +224,8 @@ def mutated_audio(draw: st.DrawFn) -> bytes:
             st.sampled_from([b"RIFF\x24\x00\x00\x00WAVEfmt ", b"fLaC", b"OggS", b"ID3"]),
             st.binary(),
         ),
-        mutated_audio(),
-        mutated_audio(),  # listed twice: mutations of real files reach deepest
+        mutated(samples),
+        mutated(samples),  # listed twice: mutations of real files reach deepest
     )
 )
 def test_random_and_mutated_bytes_only_raise_media_errors(data: bytes) -> None:

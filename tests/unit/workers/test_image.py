@@ -24,6 +24,7 @@ from triptych_workers.media.errors import (
 from triptych_workers.media.image import ImageLimits, decode_image, decode_image_async, sniff_image_format
 
 from tests.media_factory import encode_image, gradient_array, noise_array, png_bomb
+from tests.mutations import mutated
 
 ALLOWED = [("JPEG", {"quality": 95}), ("PNG", {}), ("WEBP", {"lossless": True}), ("WEBP", {"quality": 90})]
 
@@ -281,26 +282,6 @@ def _valid_samples() -> list[bytes]:
 SAMPLES = _valid_samples()
 
 
-@st.composite
-def mutated(draw: st.DrawFn, samples: list[bytes]) -> bytes:
-    data = bytearray(draw(st.sampled_from(samples)))
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["truncate", "flip", "insert", "delete", "overwrite"]))
-        pos = draw(st.integers(0, max(len(data) - 1, 0)))
-        if op == "truncate":
-            del data[pos:]
-        elif op == "flip" and data:
-            data[pos] ^= draw(st.integers(1, 255))
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
-        elif op == "delete":
-            del data[pos : pos + draw(st.integers(1, 16))]
-        else:
-            chunk = draw(st.binary(min_size=1, max_size=8))
-            data[pos : pos + len(chunk)] = chunk
-    return bytes(data)
-
-
 MAGIC_PREFIXES = [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF\x10\x00\x00\x00WEBPVP8 "]
 
 
@@ -310,8 +291,8 @@ MAGIC_PREFIXES = [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF\x10\x00\x00\x00W
     st.one_of(
         st.binary(max_size=512),
         st.builds(lambda p, b: p + b, st.sampled_from(MAGIC_PREFIXES), st.binary(max_size=512)),
-        mutated(SAMPLES),
-        mutated(SAMPLES),  # listed twice: mutations of real files reach deepest
+        mutated(lambda: SAMPLES),
+        mutated(lambda: SAMPLES),  # listed twice: mutations of real files reach deepest
     )
 )
 def test_random_and_mutated_bytes_only_raise_media_errors(data: bytes) -> None:

@@ -41,6 +41,7 @@ from tests.media_factory import (
     read_barcode,
     sine,
 )
+from tests.mutations import mutated
 
 CODECS = [
     ("mp4", "libx264"),
@@ -296,23 +297,6 @@ def samples() -> list[bytes]:
     ]
 
 
-@st.composite
-def mutated_video(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(samples())))
-    for _ in range(draw(st.integers(1, 4))):
-        pos = draw(st.integers(0, len(data) - 1)) if data else 0
-        op = draw(st.sampled_from(["truncate", "flip", "insert", "delete"]))
-        if op == "truncate":
-            del data[pos:]
-        elif op == "flip" and data:
-            data[pos] ^= draw(st.integers(1, 255))
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
-        else:
-            del data[pos : pos + draw(st.integers(1, 32))]
-    return bytes(data)
-
-
 @pytest.mark.timeout(240)
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
@@ -323,8 +307,8 @@ def mutated_video(draw: st.DrawFn) -> bytes:
             st.sampled_from([b"\x00\x00\x00\x18ftypisom", b"\x1a\x45\xdf\xa3"]),
             st.binary(),
         ),
-        mutated_video(),
-        mutated_video(),  # listed twice: mutations of real files reach deepest
+        mutated(samples),
+        mutated(samples),  # listed twice: mutations of real files reach deepest
     )
 )
 def test_random_and_mutated_bytes_only_raise_media_errors(data: bytes) -> None:
