@@ -49,6 +49,10 @@ from localcluster.tools import build_binaries, ensure_packages
 NODE_COMPONENTS = ("containerd", "kubelet", "kube-proxy", "coredns")
 
 
+# Below this much free disk `up` warns: importing the worker image (~5 GB) takes twice its size, plus room.
+LOW_DISK_BYTES = 15 * 1024**3
+
+
 def log(msg: str) -> None:
     print(f"cluster: {msg}", file=sys.stderr, flush=True)
 
@@ -210,6 +214,14 @@ class Cluster:
             raise ClusterError(f"preflight: missing {', '.join(missing)}")
         if not Path("/proc/sys/net/bridge").exists():
             run(["modprobe", "br_netfilter"], what="preflight: load br_netfilter")
+        free = shutil.disk_usage(self.paths.cache).free
+        if free < LOW_DISK_BYTES:
+            # The kubelet here never evicts or deletes images on disk pressure (nothing could pull them back),
+            # so a full disk shows up as pods failing to write: say so now rather than then.
+            log(
+                f"warning: only {free / 1024**3:.1f} GiB free under {self.paths.cache}; the worker image "
+                f"alone needs ~{LOW_DISK_BYTES // 1024**3} GiB to import"
+            )
         import socket  # noqa: PLC0415
 
         for host, port, who in (
