@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from triptych_operator.naming import FIELD_MANAGER
 
 from tests.conftest import HACK
 from tests.e2e.operator.conftest import (
@@ -177,7 +178,6 @@ def test_scaling_one_role_changes_only_its_deployment(operator: Kube, namespace:
     obj["spec"]["roles"]["prefill"] = dict(obj["spec"]["roles"]["frontend"])
     operator.apply(obj)
     wait_ready(operator, namespace, "scale")
-    time.sleep(2)  # let the last status writes of the Deployment controller settle
     before = {k: v["metadata"] for k, v in children(operator, namespace, "scale").items()}
     obj["spec"]["roles"]["decode"]["replicas"] = 3
     operator.apply(obj)
@@ -199,8 +199,16 @@ def test_scaling_one_role_changes_only_its_deployment(operator: Kube, namespace:
     )
     for key, meta in before.items():
         if key != "Deployment/scale-decode":
-            assert after[key]["resourceVersion"] == meta["resourceVersion"], key
+            # What the operator wrote is untouched: the spec (generation) and its own managed fields. (Not
+            # resourceVersion: the Deployment controller keeps writing the other Deployments' status.)
             assert after[key].get("generation") == meta.get("generation"), key
+            assert _written_by_operator(after[key]) == _written_by_operator(meta), key
+            if not key.startswith("Deployment/"):  # nobody else writes ConfigMaps and Services
+                assert after[key]["resourceVersion"] == meta["resourceVersion"], key
+
+
+def _written_by_operator(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in meta.get("managedFields", []) if m["manager"] == FIELD_MANAGER]
 
 
 # ------------------------------------------------------------------------------------------------ (e)
