@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openai
 from triptych_workers.engines.base import EncodeRequest, MediaItem, SamplingParams
 from triptych_workers.engines.reference.engine import ReferenceEngine
 from triptych_workers.hashing import hash_media
@@ -20,10 +22,17 @@ from triptych_workers.media.image import decode_image
 Request = tuple[str | list[dict[str, Any]], Sequence[bytes]]
 
 
-def greedy_answers(model_dir: Path, requests: Mapping[str, Request], *, max_tokens: int) -> dict[str, str]:
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    token_ids: list[int]  # the generated tokens
+    prompt_token_ids: list[int]  # the rendered prompt, media placeholders expanded
+
+
+def greedy_answers(model_dir: Path, requests: Mapping[str, Request], *, max_tokens: int) -> dict[str, Answer]:
     """Each request's greedy answer (temperature 0, ``max_tokens``), by the request's key."""
 
-    async def run() -> dict[str, str]:
+    async def run() -> dict[str, Answer]:
         engine = await ReferenceEngine.load(model_dir, num_threads=1)
         try:
             out = {}
@@ -35,10 +44,36 @@ def greedy_answers(model_dir: Path, requests: Mapping[str, Request], *, max_toke
                 encoded = await engine.encode(
                     [EncodeRequest(m, s) for m, s in zip(media, prompt.spans, strict=True)]
                 )
-                steps = engine.generate(prompt, encoded, SamplingParams(max_tokens=max_tokens))
-                out[key] = "".join([s.text async for s in steps])
+                steps = [
+                    s async for s in engine.generate(prompt, encoded, SamplingParams(max_tokens=max_tokens))
+                ]
+                out[key] = Answer(
+                    "".join(s.text for s in steps), [s.token_id for s in steps], list(prompt.token_ids)
+                )
             return out
         finally:
             await engine.aclose()
 
     return asyncio.run(run())
+
+
+def streamed_answer(client: openai.OpenAI, model: str, content: Any, *, max_tokens: int) -> Answer:
+    """The same greedy request through an OpenAI-compatible server, streamed, with vLLM's
+    ``return_token_ids`` so the generated and the prompt's token ids can be compared, not just the text."""
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": content}],
+        stream=True,
+        temperature=0,
+        max_tokens=max_tokens,
+        extra_body={"return_token_ids": True},
+    )
+    text: list[str] = []
+    token_ids: list[int] = []
+    prompt_token_ids: list[int] = []
+    for chunk in stream:
+        prompt_token_ids.extend((chunk.model_extra or {}).get("prompt_token_ids") or [])
+        for choice in chunk.choices:
+            text.append(choice.delta.content or "")
+            token_ids.extend((choice.model_extra or {}).get("token_ids") or [])
+    return Answer("".join(text), token_ids, prompt_token_ids)

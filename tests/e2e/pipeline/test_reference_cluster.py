@@ -36,7 +36,7 @@ from triptych_workers.engines.reference.spec import ReferenceSpec, default_model
 from tests.e2e.conftest import build_images
 from tests.kube import Kube, wait_for
 from tests.media_factory import encode_image, gradient_array
-from tests.reference_answers import greedy_answers
+from tests.reference_answers import Answer, greedy_answers, streamed_answer
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -77,7 +77,7 @@ def _data_url(png: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def expected() -> dict[str, str]:
+def expected() -> dict[str, Answer]:
     """With the weights the pods' init containers write (the same fixed-seed spec)."""
     png = _png(7)
     return greedy_answers(
@@ -166,15 +166,12 @@ def frontend(kube: Kube, namespace: str, name: str) -> Iterator[openai.OpenAI]:
             forward.wait(timeout=10)
 
 
+def _answer(client: openai.OpenAI, content: Any) -> Answer:
+    return streamed_answer(client, MODEL, content, max_tokens=MAX_TOKENS)
+
+
 def _stream(client: openai.OpenAI, content: Any) -> str:
-    stream = client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": content}],
-        stream=True,
-        temperature=0,
-        max_tokens=MAX_TOKENS,
-    )
-    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    return _answer(client, content).text
 
 
 def _metrics(kube: Kube, namespace: str, pod: str) -> str:
@@ -220,7 +217,7 @@ def _check_up(kube: Kube, namespace: str, name: str, mode: str) -> list[dict[str
 
 
 def _serves_and_metrics_move(
-    kube: Kube, namespace: str, name: str, mode: str, client: openai.OpenAI, *, expected: dict[str, str]
+    kube: Kube, namespace: str, name: str, mode: str, client: openai.OpenAI, *, expected: dict[str, Answer]
 ) -> None:
     """Same greedy tokens as the in-process engine; every role's /metrics scrapeable and moving."""
     pods = _check_up(kube, namespace, name, mode)
@@ -235,9 +232,10 @@ def _serves_and_metrics_move(
         return out
 
     before = by_role()
-    assert _stream(client, TEXT) == expected["text"]
-    assert _stream(client, _image_content(_data_url(_png(7)))) == expected["image"]
-    assert _stream(client, _image_content(_data_url(_png(7)))) == expected["image"]  # encoder-cache hit
+    # Token-identical: the generated ids and the prompt's (placeholders expanded), not just the text.
+    assert _answer(client, TEXT) == expected["text"]
+    assert _answer(client, _image_content(_data_url(_png(7)))) == expected["image"]
+    assert _answer(client, _image_content(_data_url(_png(7)))) == expected["image"]  # encoder-cache hit
     after = by_role()
     for role, count in before.items():
         assert after[role] > count, f"{role}: triptych_requests_total did not move ({count} -> {after[role]})"
@@ -246,7 +244,7 @@ def _serves_and_metrics_move(
 # ------------------------------------------------------------------------------------------------ tests
 
 
-def test_epd_aggregated(kube: Kube, namespace: str, expected: dict[str, str]) -> None:
+def test_epd_aggregated(kube: Kube, namespace: str, expected: dict[str, Answer]) -> None:
     obj = _example("reference-aggregated.yaml", namespace)
     with deployed(kube, obj) as name, frontend(kube, namespace, name) as client:
         _serves_and_metrics_move(kube, namespace, name, "EPD", client, expected=expected)
@@ -280,7 +278,7 @@ spec:
 """
 
 
-def test_e_pd_with_http_media(kube: Kube, namespace: str, expected: dict[str, str]) -> None:
+def test_e_pd_with_http_media(kube: Kube, namespace: str, expected: dict[str, Answer]) -> None:
     kube.run("apply", "-n", namespace, "-f", "-", stdin=MEDIA_SERVER)
     kube.run("rollout", "status", "deployment/media", "-n", namespace, "--timeout=90s", timeout=100)
     obj = _example("reference-epd-http-media.yaml", namespace)
@@ -330,7 +328,7 @@ def _ready_encoders(kube: Kube, namespace: str, name: str, other_than: str) -> l
     ]
 
 
-def test_e_p_d_and_encode_pod_loss(kube: Kube, namespace: str, expected: dict[str, str]) -> None:
+def test_e_p_d_and_encode_pod_loss(kube: Kube, namespace: str, expected: dict[str, Answer]) -> None:
     obj = _example("reference-epd.yaml", namespace)
     obj["spec"]["roles"]["encode"]["replicas"] = 2
     with deployed(kube, obj) as name, frontend(kube, namespace, name) as client:
@@ -374,4 +372,4 @@ def test_e_p_d_and_encode_pod_loss(kube: Kube, namespace: str, expected: dict[st
             interval=2,
         )
         _check_up(kube, namespace, name, "E/P/D")
-        assert _stream(client, _image_content(_data_url(_png(7)))) == expected["image"]
+        assert _answer(client, _image_content(_data_url(_png(7)))) == expected["image"]

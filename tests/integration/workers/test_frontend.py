@@ -22,7 +22,6 @@ import pytest
 pytest.importorskip("torch")
 
 from triptych_workers.config import WorkerConfig
-from triptych_workers.engines.base import SamplingParams
 from triptych_workers.engines.reference.engine import ReferenceEngine
 from triptych_workers.engines.reference.model_dir import prepare_model
 from triptych_workers.engines.reference.prompt import ReferencePrompter
@@ -35,6 +34,7 @@ from triptych_workers.roles.server import HttpServer, probe_app
 
 from tests.integration.workers.conftest import LoopbackHTTPServer, RouteContext
 from tests.media_factory import encode_image, gradient_array, indexed_video, sine, wav_bytes
+from tests.reference_answers import greedy_answers, streamed_answer
 
 MODEL = "triptych-tiny"
 pytestmark = pytest.mark.timeout(120)
@@ -148,37 +148,13 @@ def _chat(client: openai.OpenAI, content: Any, **kwargs: Any) -> tuple[str, str 
     return "".join(text), finish
 
 
-def _reference_text(model_dir: Path, content: Any, media: list[Any], max_tokens: int) -> str:
-    """The same greedy request on a fresh engine in this process (no server, no pipeline)."""
-
-    async def run() -> str:
-        engine = await ReferenceEngine.load(model_dir, num_threads=1)
-        try:
-            prompt = engine.render_chat([{"role": "user", "content": content}], media)
-            encoded = await engine.encode(
-                [
-                    __import__("triptych_workers.engines.base", fromlist=["x"]).EncodeRequest(m, s)
-                    for m, s in zip(media, prompt.spans, strict=True)
-                ]
-            )
-            return "".join(
-                [
-                    s.text
-                    async for s in engine.generate(prompt, encoded, SamplingParams(max_tokens=max_tokens))
-                ]
-            )
-        finally:
-            await engine.aclose()
-
-    return asyncio.run(run())
-
-
 def test_models_and_text_chat_streams(served: Served) -> None:
     client = served.client()
     assert [m.id for m in client.models.list()] == [MODEL]
     text, finish = _chat(client, "Hello, world! How are you today?")
     assert finish in ("stop", "length")
-    assert text == _reference_text(served.model_dir, "Hello, world! How are you today?", [], 8)
+    expected = greedy_answers(served.model_dir, {"t": ("Hello, world! How are you today?", [])}, max_tokens=8)
+    assert text == expected["t"].text
     # Not streamed: the same text, with usage.
     reply = client.chat.completions.create(
         model=MODEL,
@@ -194,6 +170,54 @@ def test_models_and_text_chat_streams(served: Served) -> None:
         model=MODEL, prompt="The quick brown fox", max_tokens=5, temperature=0
     )
     assert completion.choices[0].finish_reason in ("stop", "length")
+
+
+def test_return_token_ids_gives_the_engines_exact_tokens(served: Served) -> None:
+    """vLLM's ``return_token_ids``: the prompt's ids (media placeholders expanded) and the generated ids,
+    streamed and not, equal to what the engine itself produces; and absent unless asked for (OpenAI's
+    shape)."""
+    content: list[dict[str, Any]] = [
+        {"type": "text", "text": "Describe the image."},
+        {"type": "image_url", "image_url": {"url": _png_data_url(5)}},
+    ]
+    png = base64.b64decode(_png_data_url(5).split(",", 1)[1])
+    expected = greedy_answers(served.model_dir, {"image": (content, [png])}, max_tokens=8)["image"]
+    assert len(expected.token_ids) == 8
+    client = served.client()
+    assert streamed_answer(client, MODEL, content, max_tokens=8) == expected
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": content}],  # type: ignore[misc, list-item]
+        temperature=0,
+        max_tokens=8,
+        extra_body={"return_token_ids": True},
+    )
+    assert (reply.choices[0].model_extra or {})["token_ids"] == expected.token_ids
+    assert (reply.model_extra or {})["prompt_token_ids"] == expected.prompt_token_ids
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens == len(expected.prompt_token_ids)
+    # Not asked for: the fields are not there at all (not even as null).
+    raw = httpx.post(
+        f"{served.api}/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+        timeout=30,
+    ).json()
+    assert "prompt_token_ids" not in raw
+    assert "token_ids" not in raw["choices"][0]
+    # The legacy endpoint: token ids in, the same ids back as the prompt.
+    completion = httpx.post(
+        f"{served.api}/v1/completions",
+        json={
+            "model": MODEL,
+            "prompt": [1, 2, 3, 4],
+            "max_tokens": 3,
+            "temperature": 0,
+            "return_token_ids": True,
+        },
+        timeout=30,
+    ).json()
+    assert completion["prompt_token_ids"] == [1, 2, 3, 4]
+    assert len(completion["choices"][0]["token_ids"]) == completion["usage"]["completion_tokens"]
 
 
 def test_image_data_url_and_encoder_cache_hit(served: Served) -> None:

@@ -229,3 +229,26 @@ def test_stream_chunk_and_usage_serialise_as_openai_does() -> None:
     assert payload["usage"]["total_tokens"] == 7
     assert SSE_DONE == "data: [DONE]\n\n"
     assert ModelList().model_dump()["object"] == "list"
+
+
+def test_vllm_extensions_are_fields_not_ignored_extras(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="triptych_workers.protocol.base"):
+        request = parse_request(ChatCompletionRequest, chat(ignore_eos=True, return_token_ids=True))
+    assert request.ignore_eos is True
+    assert request.return_token_ids is True
+    assert request.ignored_fields() == []
+    assert not caplog.records
+    assert parse_request(ChatCompletionRequest, chat()).return_token_ids is False
+
+
+def test_token_id_fields_appear_only_when_set() -> None:
+    """OpenAI's clients must see OpenAI's shape: the token-id fields are left out, not sent as null."""
+    plain = ChatCompletionChunk(id="c", model="m", choices=[]).model_dump(mode="json")
+    assert "prompt_token_ids" not in plain
+    asked = ChatCompletionChunk(id="c", model="m", choices=[], prompt_token_ids=[1, 2]).model_dump(
+        mode="json"
+    )
+    assert asked["prompt_token_ids"] == [1, 2]
+    assert json.loads(
+        ChatCompletionChunk(id="c", model="m", choices=[]).to_sse()[len("data: ") :]
+    ).keys() == (plain.keys())

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import Field, model_validator
 
 from triptych_workers.protocol.base import InvalidRequestError, OpenAIBaseModel, ResponseModel
-from triptych_workers.protocol.common import SamplingRequest, Usage
+from triptych_workers.protocol.common import SamplingRequest, TokenIds, Usage
 from triptych_workers.protocol.content import ChatMessage, MediaPart, UserMessage
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
@@ -116,6 +116,7 @@ class ChatCompletionChoice(ResponseModel):
     message: AssistantResponseMessage
     finish_reason: FinishReason | None = None
     logprobs: ChoiceLogprobs | None = None
+    token_ids: TokenIds = None
 
 
 class ChatCompletionResponse(ResponseModel):
@@ -126,6 +127,7 @@ class ChatCompletionResponse(ResponseModel):
     choices: list[ChatCompletionChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    prompt_token_ids: TokenIds = None
 
 
 class ToolCallDelta(ResponseModel):
@@ -147,6 +149,7 @@ class ChatChunkChoice(ResponseModel):
     delta: ChatDelta
     finish_reason: FinishReason | None = None
     logprobs: ChoiceLogprobs | None = None
+    token_ids: TokenIds = None
 
 
 class ChatCompletionChunk(ResponseModel):
@@ -159,6 +162,7 @@ class ChatCompletionChunk(ResponseModel):
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+    prompt_token_ids: TokenIds = None
 
     def to_sse(self) -> str:
         return f"data: {self.model_dump_json()}\n\n"

@@ -38,6 +38,11 @@ class SamplingRequest(OpenAIBaseModel):
     top_k: Annotated[int, Field(ge=-1)] | None = None
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0)] | None = None
+    ignore_eos: bool = False
+    """Keep generating past the end-of-sequence token, up to ``max_tokens`` (load tests)."""
+    return_token_ids: bool = False
+    """Add the prompt's token ids (``prompt_token_ids``) and each choice's generated ones (``token_ids``) to
+    the response, as vLLM does: what exact comparisons across deployments and RL rollouts need."""
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> Self:
@@ -56,6 +61,14 @@ class SamplingRequest(OpenAIBaseModel):
     @property
     def include_usage_in_stream(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+def _absent(value: object) -> bool:
+    return value is None
+
+
+# A response field that only appears when asked for (``return_token_ids``): OpenAI's clients never see it.
+TokenIds = Annotated[list[int] | None, Field(exclude_if=_absent)]
 
 
 class PromptTokensDetails(ResponseModel):

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from triptych_workers.protocol.base import ResponseModel
-from triptych_workers.protocol.common import SamplingRequest, Usage
+from triptych_workers.protocol.common import SamplingRequest, TokenIds, Usage
 
 Prompt = (
     Annotated[str, Field()]
@@ -40,6 +40,7 @@ class CompletionChoice(ResponseModel):
     text: str
     finish_reason: Literal["stop", "length", "content_filter"] | None = None
     logprobs: CompletionLogprobs | None = None
+    token_ids: TokenIds = None
 
 
 class CompletionResponse(ResponseModel):
@@ -53,6 +54,7 @@ class CompletionResponse(ResponseModel):
     choices: list[CompletionChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+    prompt_token_ids: TokenIds = None
 
     def to_sse(self) -> str:
         return f"data: {self.model_dump_json()}\n\n"

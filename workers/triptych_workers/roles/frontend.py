@@ -203,14 +203,13 @@ class MediaLoader:
 def sampling_from(body: SamplingRequest, max_tokens: int | None) -> SamplingParams:
     if body.n != 1:
         raise Unsupported("only n=1 is supported", param="n")
-    extra = body.model_extra or {}
     return SamplingParams(
         max_tokens=max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         seed=body.seed,
         stop=tuple(body.stop_sequences),
-        ignore_eos=bool(extra.get("ignore_eos", False)),  # vLLM's extension
+        ignore_eos=body.ignore_eos,
     )
 
 
@@ -349,7 +348,7 @@ class Frontend:
             return self._stream(
                 body=body,
                 request_id=request_id,
-                prompt_len=len(prompt),
+                prompt=prompt,
                 first=first,
                 steps=steps,
                 deadline=deadline,
@@ -358,7 +357,7 @@ class Frontend:
             request=request,
             body=body,
             request_id=request_id,
-            prompt_len=len(prompt),
+            prompt=prompt,
             first=first,
             steps=steps,
             deadline=deadline,
@@ -384,23 +383,23 @@ class Frontend:
         request: Request,
         body: SamplingRequest,
         request_id: str,
-        prompt_len: int,
+        prompt: RenderedPrompt,
         first: DecodeStep | None,
         steps: AsyncIterator[DecodeStep],
         deadline: float,
     ) -> Response:
         outcome: Outcome = "error"
 
-        async def collect() -> tuple[str, int, FinishReason | None]:
-            text, count, finish = [], 0, None
+        async def collect() -> tuple[str, list[int], FinishReason | None]:
+            text, token_ids, finish = [], [], None
             async for step in self._rest(first, steps, deadline):
                 text.append(step.text)
-                count += 1
+                token_ids.append(step.token_id)
                 finish = step.finish_reason
-            return "".join(text), count, finish
+            return "".join(text), token_ids, finish
 
         try:
-            text, count, finish = await until_disconnect(request.receive, collect())
+            text, token_ids, finish = await until_disconnect(request.receive, collect())
             outcome = "ok"
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -411,24 +410,35 @@ class Frontend:
         finally:
             await _aclose(steps)
             self._release(outcome)
-        usage = Usage.of(prompt_len, count)
+        usage = Usage.of(len(prompt), len(token_ids))
+        ids = body.return_token_ids
+        prompt_ids = list(prompt.token_ids) if ids else None
         if isinstance(body, ChatCompletionRequest):
             chat = ChatCompletionResponse(
                 id=request_id,
                 model=self.model_name,
                 choices=[
                     ChatCompletionChoice(
-                        index=0, message=AssistantResponseMessage(content=text), finish_reason=finish
+                        index=0,
+                        message=AssistantResponseMessage(content=text),
+                        finish_reason=finish,
+                        token_ids=token_ids if ids else None,
                     )
                 ],
                 usage=usage,
+                prompt_token_ids=prompt_ids,
             )
             return JSONResponse(chat.model_dump(mode="json"))
         completion = CompletionResponse(
             id=request_id,
             model=self.model_name,
-            choices=[CompletionChoice(index=0, text=text, finish_reason=finish)],
+            choices=[
+                CompletionChoice(
+                    index=0, text=text, finish_reason=finish, token_ids=token_ids if ids else None
+                )
+            ],
             usage=usage,
+            prompt_token_ids=prompt_ids,
         )
         return JSONResponse(completion.model_dump(mode="json"))
 
@@ -437,38 +447,54 @@ class Frontend:
         *,
         body: SamplingRequest,
         request_id: str,
-        prompt_len: int,
+        prompt: RenderedPrompt,
         first: DecodeStep | None,
         steps: AsyncIterator[DecodeStep],
         deadline: float,
     ) -> Response:
         chat = isinstance(body, ChatCompletionRequest)
         outcome: list[Outcome] = ["cancelled"]
+        # return_token_ids: the prompt's ids ride in the first chunk, each token's id in the chunk that
+        # carries its text (a token with no text of its own waits for the next chunk that goes out).
+        prompt_ids = list(prompt.token_ids) if body.return_token_ids else None
 
-        def chunk(text: str | None, finish: FinishReason | None, *, role: bool = False) -> str:
+        def chunk(
+            text: str | None, finish: FinishReason | None, token_ids: list[int] | None, *, role: bool = False
+        ) -> str:
+            nonlocal prompt_ids
+            first_ids, prompt_ids = prompt_ids, None
             if chat:
                 delta = ChatDelta(role="assistant" if role else None, content=text)
-                choice = ChatChunkChoice(index=0, delta=delta, finish_reason=finish)
-                return ChatCompletionChunk(id=request_id, model=self.model_name, choices=[choice]).to_sse()
-            part = CompletionChoice(index=0, text=text or "", finish_reason=finish)
-            return CompletionResponse(id=request_id, model=self.model_name, choices=[part]).to_sse()
+                choice = ChatChunkChoice(index=0, delta=delta, finish_reason=finish, token_ids=token_ids)
+                return ChatCompletionChunk(
+                    id=request_id, model=self.model_name, choices=[choice], prompt_token_ids=first_ids
+                ).to_sse()
+            part = CompletionChoice(index=0, text=text or "", finish_reason=finish, token_ids=token_ids)
+            return CompletionResponse(
+                id=request_id, model=self.model_name, choices=[part], prompt_token_ids=first_ids
+            ).to_sse()
 
         async def events() -> AsyncIterator[str]:
             count = 0
+            pending: list[int] = []
             if chat:
-                yield chunk("", None, role=True)
+                yield chunk("", None, [] if body.return_token_ids else None, role=True)
             try:
                 async for step in self._rest(first, steps, deadline):
                     count += 1
+                    pending.append(step.token_id)
                     if step.text or step.finish_reason:
-                        yield chunk(step.text, step.finish_reason)
+                        yield chunk(step.text, step.finish_reason, pending if body.return_token_ids else None)
+                        pending = []
+                if pending and body.return_token_ids:  # the stream ended on tokens without text
+                    yield chunk("", None, pending)
             except Exception as exc:  # headers are gone: the error travels as an event
                 _, err, outcome[0] = error_body(exc)
                 yield error_sse(err)
                 yield SSE_DONE
                 return
             if body.include_usage_in_stream:
-                usage = Usage.of(prompt_len, count)
+                usage = Usage.of(len(prompt), count)
                 if chat:
                     yield ChatCompletionChunk(
                         id=request_id, model=self.model_name, choices=[], usage=usage
