@@ -57,16 +57,19 @@ def greedy_answers(model_dir: Path, requests: Mapping[str, Request], *, max_toke
     return asyncio.run(run())
 
 
-def streamed_answer(client: openai.OpenAI, model: str, content: Any, *, max_tokens: int) -> Answer:
+def streamed_answer(
+    client: openai.OpenAI, model: str, content: Any, *, max_tokens: int, ignore_eos: bool = False
+) -> Answer:
     """The same greedy request through an OpenAI-compatible server, streamed, with vLLM's
-    ``return_token_ids`` so the generated and the prompt's token ids can be compared, not just the text."""
+    ``return_token_ids`` so the generated and the prompt's token ids can be compared, not just the text
+    (and ``ignore_eos``, for an answer of exactly ``max_tokens`` tokens)."""
     stream = client.chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": content}],
         stream=True,
         temperature=0,
         max_tokens=max_tokens,
-        extra_body={"return_token_ids": True},
+        extra_body={"return_token_ids": True, "ignore_eos": ignore_eos},
     )
     text: list[str] = []
     token_ids: list[int] = []

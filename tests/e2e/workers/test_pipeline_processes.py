@@ -3,7 +3,8 @@ processes in E/P/D, E/PD and EPD modes, driven by the official ``openai`` client
 
 Proves: the same greedy request gives the same tokens in every mode and equals one in-process engine;
 images (data URL), video and audio travel the whole path; metrics move; killing an encode worker gives the
-client an error within the deadline, never a hang; restarting NATS recovers without restarting workers.
+client an error within the deadline, never a hang; restarting NATS recovers without restarting workers; a
+worker told to stop (SIGTERM) drains: it finishes the answer it is streaming while the other takes new work.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ pytestmark = [
 ]
 
 MAX_TOKENS = 12
+LONG_TOKENS = 2500  # about 10 s of decoding for the tiny model on one thread: long enough to stop mid-answer
 ROLES_BY_MODE = {
     "E/P/D": [("encode", "encode"), ("prefill", "prefill"), ("decode", "decode")],
     "E/PD": [("encode", "encode"), ("pd", "decode")],
@@ -173,6 +175,70 @@ def test_encoder_cache_hit_reads_no_media(tmp_path: Path, nats: NatsServerProces
             lambda f=frontend: f.sample_sum("triptych_transfer_leased_bytes") == 0 or None,  # type: ignore[misc]
             timeout=5,
         )
+
+
+def test_sigterm_drains_in_flight_work_while_the_other_worker_takes_new_work(
+    tmp_path: Path, nats: NatsServerProcess, model_dir: Path
+) -> None:
+    """What a rollout or a scale-down does to a worker: SIGTERM. The worker streaming a long answer goes
+    not-ready at once, takes no new work (the next request is served by the other worker), finishes the
+    answer it was streaming to the last token, and exits 0."""
+    base = base_config("ddrain", "EPD", model_dir, nats.url, drainTimeoutSeconds=60, requestTimeoutSeconds=60)
+    workers = [start_role(tmp_path, f"ddrain-epd-{i}", "epd", {**base, "role": "decode"}) for i in (1, 2)]
+    frontend = start_role(tmp_path, "ddrain-frontend", "frontend", {**base, "role": "frontend"})
+    procs = [*workers, frontend]
+    try:
+        wait_ready(procs)
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{frontend.http_port}/v1", api_key="unused", max_retries=0, timeout=60
+        )
+        long_answer: list[Answer | BaseException] = []
+
+        def stream_long() -> None:
+            try:
+                long_answer.append(
+                    streamed_answer(
+                        client, MODEL, "Tell me a long story.", max_tokens=LONG_TOKENS, ignore_eos=True
+                    )
+                )
+            except BaseException as exc:  # reported by the assertions below
+                long_answer.append(exc)
+
+        thread = threading.Thread(target=stream_long)
+        thread.start()
+        busy = wait_for(
+            "one worker streaming the long answer",
+            lambda: next(
+                (w for w in workers if w.sample_sum("triptych_requests_in_flight", role="decode")), None
+            ),
+            timeout=20,
+            interval=0.05,
+        )
+        (idle,) = [w for w in workers if w is not busy]
+        served_before = idle.sample_sum("triptych_requests_total", role="decode", outcome="ok")
+        busy.process.send_signal(signal.SIGTERM)
+        wait_for(
+            "the stopping worker to go not-ready", lambda: not busy.ready() or None, timeout=5, interval=0.05
+        )
+        assert busy.process.poll() is None, "the worker exited before its in-flight answer was done"
+        assert _stream_text(client, "Hello, world! How are you today?")
+        wait_for(  # the worker counts a request once its last reply has gone out: a moment after the client
+            "the other worker to have served it",
+            lambda: (
+                idle.sample_sum("triptych_requests_total", role="decode", outcome="ok") == served_before + 1
+                or None
+            ),
+            timeout=5,
+            interval=0.05,
+        )
+        thread.join(timeout=90)
+        assert not thread.is_alive(), "the long answer hung"
+        (answer,) = long_answer
+        assert isinstance(answer, Answer), answer
+        assert len(answer.token_ids) == LONG_TOKENS  # every token, not an answer cut short by the stop
+        assert busy.process.wait(timeout=30) == 0
+    finally:
+        stop_procs(procs)
 
 
 def test_killed_encoder_and_nats_restart(tmp_path: Path, nats: NatsServerProcess, model_dir: Path) -> None:
