@@ -34,6 +34,11 @@ from localcluster.config import (
     Paths,
 )
 
+# One controller-manager and one scheduler, and nothing restarts them (kwokctl's binary runtime does not
+# supervise): with leader election on, an API server outage longer than the renew deadline (10 s) makes them
+# exit ("leaderelection lost") for good, and Deployments and scheduling stop until the next `up`.
+SINGLE_INSTANCE = {"leader-elect": "false"}
+
 
 def kwokctl_config(
     paths: Paths, bins: dict[str, Path], *, kube_version: str, apiserver_port: int, stages: list[str]
@@ -58,6 +63,7 @@ def kwokctl_config(
         "cluster-cidr": CLUSTER_POD_CIDR,
         # Pod garbage collection of pods on deleted nodes and terminated pods, quickly.
         "terminated-pod-gc-threshold": "50",
+        **SINGLE_INSTANCE,
     }
     kwokctl = {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
@@ -87,6 +93,10 @@ def kwokctl_config(
             {
                 "name": "kube-controller-manager",
                 "extraArgs": [{"key": k, "value": v} for k, v in controller_manager_args.items()],
+            },
+            {
+                "name": "kube-scheduler",
+                "extraArgs": [{"key": k, "value": v} for k, v in SINGLE_INSTANCE.items()],
             },
             # kwok manages only the fake GPU nodes, never the real one. (The binary runtime passes
             # --manage-all-nodes=true; these later flags win.)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import HACK
 from tests.kube import Kube, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -328,3 +330,38 @@ def test_kubelet_never_deletes_imported_images(cluster: Kube) -> None:
     assert kubelet["imageGCHighThresholdPercent"] == 100
     assert set(kubelet["evictionHard"]) == {"memory.available"}, kubelet["evictionHard"]
     assert not kubelet.get("evictionSoft"), kubelet.get("evictionSoft")
+
+
+def test_api_server_restart_leaves_every_other_component_working(cluster: Kube, namespace: str) -> None:
+    """`hack/cluster restart-apiserver` (what the operator's restart test uses): the controllers, the
+    scheduler and kwok ride out the outage in the same processes (nothing supervises them here, so one that
+    exits is gone for good) and then create, schedule and run a new Deployment's pods."""
+    pids = cluster.kubeconfig.parent / "kwok" / "clusters" / "triptych" / "pids"
+
+    def pid(component: str) -> int:
+        return int((pids / f"{component}.pid").read_text().strip())
+
+    survivors = {c: pid(c) for c in ("etcd", "kube-controller-manager", "kube-scheduler", "kwok-controller")}
+    apiserver = pid("kube-apiserver")
+    # Down for 15 s: past the controllers' leader-election renew deadline (10 s), which made them exit.
+    restart = subprocess.run(
+        [str(HACK / "cluster"), "restart-apiserver", "--down-seconds", "15"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert restart.returncode == 0, restart.stderr
+    assert pid("kube-apiserver") != apiserver
+    for component, before in survivors.items():
+        assert pid(component) == before, component
+        assert Path(f"/proc/{before}").exists(), f"{component} exited after the API server restart"
+    pod_spec = {"tolerations": [GPU_TOLERATION], "nodeSelector": {"type": "kwok"}, "containers": [
+        {"name": "c", "image": "example.invalid/c:1"}
+    ]}  # fmt: skip
+    cluster.apply(deployment("after-restart", replicas=2, pod_spec=pod_spec), namespace=namespace)
+    wait_for(
+        "2 replicas Ready after the restart",
+        lambda: ready_replicas(cluster, "after-restart", namespace) == 2,
+        timeout=150,  # the components' watches back off while the API is away (up to ~30 s each)
+    )
