@@ -21,6 +21,19 @@ REPO = Path(__file__).resolve().parents[1]
 HACK = REPO / "hack"
 
 
+def restart_apiserver(*, down_s: float) -> None:
+    """`hack/cluster restart-apiserver`: the API server away for ``down_s`` seconds, then back (the other
+    components keep running)."""
+    restart = subprocess.run(
+        [str(HACK / "cluster"), "restart-apiserver", "--down-seconds", str(down_s)],
+        capture_output=True,
+        text=True,
+        timeout=120 + down_s,
+        check=False,
+    )
+    assert restart.returncode == 0, restart.stderr
+
+
 def _tool_dirs() -> dict[str, Path]:
     out = subprocess.run([str(HACK / "build-tools")], capture_output=True, text=True, check=True).stdout
     return {name: Path(path) for name, _, path in (line.partition("=") for line in out.splitlines())}

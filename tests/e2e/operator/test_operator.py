@@ -20,7 +20,7 @@ import pytest
 import yaml
 from triptych_operator.naming import FIELD_MANAGER
 
-from tests.conftest import HACK
+from tests.conftest import restart_apiserver
 from tests.e2e.operator.conftest import (
     OPERATOR_NS,
     condition,
@@ -353,14 +353,7 @@ def test_operator_survives_an_api_server_restart(operator: Kube, namespace: str)
     wait_ready(operator, namespace, "before")
     (pod,) = operator_pods(operator)
     restarts = pod["status"]["containerStatuses"][0]["restartCount"]
-    restart = subprocess.run(
-        [str(HACK / "cluster"), "restart-apiserver", "--down-seconds", "10"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert restart.returncode == 0, restart.stderr
+    restart_apiserver(down_s=10)
     operator.apply(
         small("before", namespace, roles={"frontend": {"replicas": 1}, "decode": {"replicas": 2}}),
         small("after", namespace),

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import HACK
+from tests.conftest import restart_apiserver
 from tests.kube import Kube, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -344,14 +344,7 @@ def test_api_server_restart_leaves_every_other_component_working(cluster: Kube, 
     survivors = {c: pid(c) for c in ("etcd", "kube-controller-manager", "kube-scheduler", "kwok-controller")}
     apiserver = pid("kube-apiserver")
     # Down for 15 s: past the controllers' leader-election renew deadline (10 s), which made them exit.
-    restart = subprocess.run(
-        [str(HACK / "cluster"), "restart-apiserver", "--down-seconds", "15"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert restart.returncode == 0, restart.stderr
+    restart_apiserver(down_s=15)
     assert pid("kube-apiserver") != apiserver
     for component, before in survivors.items():
         assert pid(component) == before, component
