@@ -141,6 +141,17 @@ def test_same_tokens_in_every_mode(
         deployment = dep.frontend.name.rsplit("-", 1)[0]
         ok = f'triptych_requests_total{{deployment="{deployment}",outcome="ok",role="frontend"}} 5.0'
         assert ok in dep.frontend.metrics()
+        # Every request succeeded, so the worker that decoded them counts 5 ok and none cancelled (the
+        # frontend reads each reply stream to its end before it lets go, rather than cancelling at the
+        # last token).
+        decoder = dep.workers.get("decode") or dep.workers.get("pd") or dep.workers["epd"]
+        wait_for(
+            "the decoding worker to count 5 ok",
+            lambda d=decoder: d.sample_sum("triptych_requests_total", outcome="ok") == 5 or None,  # type: ignore[misc]
+            timeout=5,
+            interval=0.05,
+        )
+        assert decoder.sample_sum("triptych_requests_total", outcome="cancelled") == 0
         encoder = dep.workers.get("encode") or dep.workers["epd"]
         scraped = encoder.metrics()
         assert 'outcome="ok"' in scraped

@@ -87,6 +87,7 @@ from triptych_workers.transport import (
     DeadlineExpired,
     LoadBoard,
     NoResponders,
+    RequestCancelled,
     RequestClient,
     RequestTimeout,
     Subjects,
@@ -98,6 +99,8 @@ from triptych_workers.transport import (
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 256
+# How long the frontend waits, after a request's last step, for the end of its reply stream.
+END_GRACE_S = 1.0
 AUDIO_SAMPLE_RATE = 16_000
 
 T = TypeVar("T")
@@ -134,7 +137,16 @@ def error_body(exc: BaseException) -> tuple[int, ErrorResponse, Outcome]:
             message="the request did not finish within its deadline", type="timeout", code="timeout"
         )
         return 504, ErrorResponse(error=info), "timeout"
-    if isinstance(exc, Overloaded | WorkerBusy | NoResponders | WorkerLost):
+    if isinstance(exc, WorkerLost | RequestCancelled):
+        # Not the client's cancellation (a client that left gets no answer at all): the worker holding the
+        # request was shut down past its drain deadline, died or froze. Another worker can serve a retry.
+        info = ErrorInfo(
+            message="the worker serving this request stopped before it finished (shut down or lost); retry",
+            type="service_unavailable",
+            code="worker_lost",
+        )
+        return 503, ErrorResponse(error=info), "busy"
+    if isinstance(exc, Overloaded | WorkerBusy | NoResponders):
         info = ErrorInfo(
             message="the service is overloaded or has no worker for this request; retry later",
             type="service_unavailable",
@@ -370,6 +382,11 @@ class Frontend:
         while step is not None:
             yield step
             if step.finish_reason is not None:
+                # Read on to the end of the reply stream (the worker's end marker follows the last step at
+                # once): leaving before it cancels, on the worker, a request that has in fact succeeded, and
+                # the worker would count it as cancelled.
+                with contextlib.suppress(DeadlineExceeded):
+                    await next_before(steps, min(deadline, time.monotonic() + END_GRACE_S))
                 return
             step = await next_before(steps, deadline)
             now = time.monotonic()
