@@ -349,13 +349,13 @@ class _LeaseHolder:
     async def _on_release(self, msg: Msg) -> None:
         self.leases.release(msg.data.decode("ascii", "replace"))
 
-    @property
-    def connection(self) -> NatsConnection:
-        return self._conn
-
-    @property
-    def subjects(self) -> Subjects:
-        return self._subjects
+    async def release_remote(self, descriptor: TransferDescriptor) -> None:
+        """As a reader: tell the payload's producer it may let go (after reading it, or instead of reading
+        it). Best effort: if the message is lost, the producer's lease expires and frees the memory anyway."""
+        with contextlib.suppress(TransportError, nats.errors.Error):
+            await self._conn.client.publish(
+                self._subjects.data(descriptor.producer, "release"), descriptor.transfer_id.encode()
+            )
 
 
 class InlineDataPlane(_LeaseHolder):
@@ -442,7 +442,7 @@ class InlineDataPlane(_LeaseHolder):
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-        await _send_release(self._conn, self._subjects, descriptor)
+        await self.release_remote(descriptor)
         return Received(out, "inline")
 
     async def _on_fetch(self, msg: Msg) -> None:
@@ -558,7 +558,7 @@ class NixlDataPlane(_LeaseHolder):
         except BaseException:
             pool.release(region)
             raise
-        await _send_release(self._conn, self._subjects, descriptor)
+        await self.release_remote(descriptor)
         return Received(region.buffer[: descriptor.length], "nixl", release=lambda: pool.release(region))
 
     async def _peer(self, producer: str, generation: int) -> str:
@@ -609,14 +609,6 @@ async def _wait_done(
     if state != "DONE":
         raise TransferFailed(f"NIXL reported an error for transfer {transfer_id}")
     return state
-
-
-async def _send_release(conn: NatsConnection, subjects: Subjects, descriptor: TransferDescriptor) -> None:
-    # Best effort: if it is lost, the producer's lease expires and frees the memory anyway.
-    with contextlib.suppress(TransportError, nats.errors.Error):
-        await conn.client.publish(
-            subjects.data(descriptor.producer, "release"), descriptor.transfer_id.encode()
-        )
 
 
 @dataclass(frozen=True)
@@ -725,7 +717,7 @@ class TransferPlane:
         memory is free at once rather than when the lease runs out. Best effort, like every release."""
         if descriptor.data is not None or not descriptor.expires_at:
             return  # the payload rode in the descriptor: the producer holds nothing
-        await _send_release(self.inline.connection, self.inline.subjects, descriptor)
+        await self.inline.release_remote(descriptor)
         self._metrics.discarded.labels(descriptor.transport).inc()
 
     async def fetch(self, descriptor: TransferDescriptor, *, timeout_s: float) -> Received:
