@@ -1,6 +1,7 @@
 """The only module that talks to the Kubernetes API (the `kubernetes` client; no kopf here).
 
-What the reconciler needs and nothing more: server-side apply of desired children with ONE field manager and
+I/O only (what to apply, prune or write is decided by `plan.py`). What the reconciler needs and nothing
+more: server-side apply of desired children with ONE field manager and
 ``force=True`` (the operator owns what it builds; a human's `kubectl edit` of those fields is drift that the
 next apply takes back), listing and deleting owned children, reading what status is computed from
 (Deployments, Pods, Nodes), a merge patch of ``/status``, and Events.
@@ -26,11 +27,11 @@ from typing import Any
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from triptych_contract import API_GROUP, API_VERSION, KIND, LABEL_DEPLOYMENT, LABEL_ROLE, PLURAL
+from triptych_contract import API_GROUP, API_VERSION, KIND, LABEL_DEPLOYMENT, PLURAL
 
 from triptych_operator.builders.objects import GPU_PRODUCT_LABEL
 from triptych_operator.naming import FIELD_MANAGER, MANAGED_BY
-from triptych_operator.status import BLOCKER_REASONS, Blocker
+from triptych_operator.plan import ChildRef, NodeFacts
 
 BODY_LIMIT = 512  # characters of a response body kept in an error message
 REQUEST_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds: no request may hang a reconcile forever
@@ -146,26 +147,6 @@ def _selector(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
-@dataclass(frozen=True)
-class NodeFacts:
-    """What the reconciler needs to know about nodes: extended resources any node can allocate (RDMA for
-    transport auto) and the GPU products present (to explain an unschedulable gpuProduct)."""
-
-    resources: frozenset[str]
-    gpu_products: frozenset[str]
-
-
-@dataclass(frozen=True)
-class ChildRef:
-    """One existing child as listed: enough to tell whether it is still desired and to delete it."""
-
-    api_version: str
-    kind: str
-    name: str
-    uid: str
-    controller_uid: str | None
-
-
 @dataclass
 class _Cached:
     value: NodeFacts | None = None
@@ -266,15 +247,12 @@ class Kube:
             return None
         return obj
 
-    def patch_status(
-        self, namespace: str, name: str, old: Mapping[str, Any] | None, new: Mapping[str, Any]
-    ) -> None:
-        """Merge-patch `/status` from `old` (as read) to `new`: keys that `new` drops are sent as null, since
-        a merge patch otherwise keeps them. The caller only calls this when `status_changed` says so."""
+    def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Merge-patch `/status` (the planner's `StatusUpdate.patch`: removed keys are sent as null)."""
         self._request(
             "PATCH",
             f"{_CR_PREFIX}/namespaces/{namespace}/{PLURAL}/{name}/status",
-            body={"status": merge_patch(old or {}, new)},
+            body={"status": dict(patch)},
             content_type="application/merge-patch+json",
             what=f"patch {KIND} {namespace}/{name} status",
         )
@@ -391,106 +369,15 @@ class Kube:
         )
 
 
-# ------------------------------------------------------------------------------------------- pure helpers
-
-
-def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch (RFC 7386) turning `old` into `new`: changed keys, and None for removed ones."""
-    patch: dict[str, Any] = {}
-    for key, value in new.items():
-        before = old.get(key)
-        if isinstance(value, Mapping) and isinstance(before, Mapping):
-            sub = merge_patch(before, value)
-            if sub:
-                patch[key] = sub
-        elif value != before:
-            patch[key] = value
-    for key in old:
-        if key not in new:
-            patch[key] = None
-    return patch
-
-
-def child_refs(listed: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]) -> list[ChildRef]:
-    out = []
-    for (api_version, kind), items in listed.items():
-        for item in items:
-            meta = item.get("metadata") or {}
-            controller = next(
-                (o.get("uid") for o in meta.get("ownerReferences") or [] if o.get("controller")), None
-            )
-            out.append(ChildRef(api_version, kind, meta.get("name", ""), meta.get("uid", ""), controller))
-    return out
-
-
-def stale_children(
-    existing: Iterable[ChildRef], desired: Iterable[Mapping[str, Any]], owner_uid: str
-) -> list[ChildRef]:
-    """Children controlled by `owner_uid` that the desired state no longer has (a removed role). Objects
-    with our labels but another controller are never touched."""
-    wanted = {(d["apiVersion"], d["kind"], d["metadata"]["name"]) for d in desired}
-    return [
-        r for r in existing if r.controller_uid == owner_uid and (r.api_version, r.kind, r.name) not in wanted
-    ]
-
-
-def pod_blockers(pods: Iterable[Mapping[str, Any]], facts: NodeFacts | None = None) -> list[Blocker]:
-    """What keeps pods from running: Unschedulable (PodScheduled=False), or a container waiting with one of
-    status.BLOCKER_REASONS (image pulls, crash loops). One blocker per (role, reason), first message kept.
-    When a pod is unschedulable because it asks for a GPU product no node has, say so (the scheduler's
-    message only counts nodes that did not match)."""
-    found: dict[tuple[str, str], Blocker] = {}
-    for pod in pods:
-        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-        if meta.get("deletionTimestamp"):
-            continue
-        role = str((meta.get("labels") or {}).get(LABEL_ROLE, ""))
-        for cond in status.get("conditions") or []:
-            if (
-                cond.get("type") == "PodScheduled"
-                and cond.get("status") == "False"
-                and cond.get("reason") == "Unschedulable"
-            ):
-                reason, message = "Unschedulable", str(cond.get("message", ""))
-                product = _required_gpu_product(pod)
-                if product is not None and facts is not None and product not in facts.gpu_products:
-                    reason = "GPUProductUnavailable"
-                    message = f"no node has {GPU_PRODUCT_LABEL}={product} ({message})"
-                found.setdefault((role, reason), Blocker(role, reason, message))
-        for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in BLOCKER_REASONS:
-                reason = str(waiting["reason"])
-                message = f"container {cs.get('name')}: {waiting.get('message', '')}".strip()
-                found.setdefault((role, reason), Blocker(role, reason, message))
-    return list(found.values())
-
-
-def _required_gpu_product(pod: Mapping[str, Any]) -> str | None:
-    affinity = ((pod.get("spec") or {}).get("affinity") or {}).get("nodeAffinity") or {}
-    required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
-    for term in required.get("nodeSelectorTerms") or []:
-        for expr in term.get("matchExpressions") or []:
-            if expr.get("key") == GPU_PRODUCT_LABEL and expr.get("operator") == "In" and expr.get("values"):
-                return str(expr["values"][0])
-    return None
-
-
 __all__ = [
     "CHILD_KINDS",
-    "ChildRef",
     "Conflict",
     "Forbidden",
     "Invalid",
     "Kube",
     "KubeError",
-    "NodeFacts",
     "NotFound",
     "ServerError",
     "TooManyRequests",
     "Unavailable",
-    "child_refs",
-    "merge_patch",
-    "pod_blockers",
-    "stale_children",
 ]

@@ -11,25 +11,22 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from triptych_operator.builders.backends import PROFILES
 from triptych_operator.spec import Backend
 
 ENV_PREFIX = "TRIPTYCH_OPERATOR_"
-DEFAULT_IMAGE_TAG = "0.1.0"
-
-
-# The reference backend's image is the one `hack/images build worker-reference` imports into the local
-# cluster's node; the GPU backends' images are built elsewhere (a registry named by the chart's values).
-REFERENCE_IMAGE = "localhost/triptych/worker-reference:dev"
 # The NATS Service the chart installs (`nats.enabled`, release `triptych` in `triptych-system`).
 DEFAULT_NATS_URL = "nats://triptych-nats.triptych-system.svc:4222"
 
 
 def _default_images() -> dict[Backend, str]:
-    images: dict[Backend, str] = {
-        b: f"localhost/triptych-worker-{b}:{DEFAULT_IMAGE_TAG}" for b in ("vllm", "sglang", "trtllm")
-    }
-    images["reference"] = REFERENCE_IMAGE
-    return images
+    """Each profile's default: the images `hack/images` builds into the local cluster's node; elsewhere the
+    chart's values name a registry's."""
+    return {backend: profile.default_image for backend, profile in PROFILES.items()}
+
+
+def _default_shm_sizes() -> dict[Backend, str]:
+    return {backend: profile.shm_size for backend, profile in PROFILES.items()}
 
 
 class OperatorSettings(BaseModel):
@@ -55,12 +52,8 @@ class OperatorSettings(BaseModel):
         description="The request plane every role of every MultimodalDeployment joins (one NATS for the "
         "cluster; subjects carry namespace and deployment).",
     )
-    # /dev/shm (a memory emptyDir) per backend: vLLM 8-16 GiB, TRT-LLM up to 80 GiB (REFERENCE.md).
-    shm_sizes: dict[Backend, str] = Field(
-        default_factory=lambda: dict[Backend, str](
-            {"vllm": "16Gi", "sglang": "16Gi", "trtllm": "32Gi", "reference": "256Mi"}
-        )
-    )
+    # /dev/shm (a memory emptyDir) of worker pods per backend; each profile says what its engine needs.
+    shm_sizes: dict[Backend, str] = Field(default_factory=_default_shm_sizes)
     progress_deadline_seconds: int = Field(default=1200, ge=60)
 
     def image_for(self, backend: Backend) -> str:

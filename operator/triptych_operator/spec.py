@@ -683,7 +683,7 @@ class MultimodalDeploymentSpec(ApiModel):
 
     @property
     def uses_gpus(self) -> bool:
-        return self.backend != "reference"
+        return self.backend in GPU_BACKENDS
 
 
 # ------------------------------------------------------------------------------------------------ status
@@ -910,7 +910,7 @@ def validate_spec(  # noqa: PLR0912 - a flat list of independent checks
         bad = [k for k in net.rdma.ucx if not k.startswith(("UCX_", "NIXL_"))]
         if bad:
             out.append(Violation("spec.networking.rdma.ucx", f"keys must be UCX_*/NIXL_*: {', '.join(bad)}"))
-    if spec.backend == "reference":
+    if spec.backend not in GPU_BACKENDS:  # the reference backend, on CPU
         if net.transport == "rdma":
             out.append(
                 Violation("spec.networking.transport", "rdma is not available with the reference backend")

@@ -7,16 +7,20 @@ replica decisions) is passed in by the caller.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from triptych_operator.builders.objects import (
     build_config_map,
     build_deployment,
+    build_role,
     build_service,
+    config_hash,
     worker_config,
 )
-from triptych_operator.settings import OperatorSettings
 from triptych_operator.spec import MultimodalDeploymentSpec
+
+if TYPE_CHECKING:  # settings build their defaults from the backend profiles: no runtime import
+    from triptych_operator.settings import OperatorSettings
 
 
 def build_children(
@@ -37,19 +41,15 @@ def build_children(
     """
     out: list[dict[str, Any]] = []
     for role in spec.present_roles():
-        out.append(build_config_map(name, namespace, uid, spec, role, settings))
-        out.append(build_service(name, namespace, uid, spec, role))
-        out.append(
-            build_deployment(
-                name,
-                namespace,
-                uid,
-                spec,
-                role,
-                settings,
-                rdma_available=rdma_available,
-                replicas=None if replicas is None else replicas.get(role),
-            )
+        out += build_role(
+            name,
+            namespace,
+            uid,
+            spec,
+            role,
+            settings,
+            rdma_available=rdma_available,
+            replicas=None if replicas is None else replicas.get(role),
         )
     return out
 
@@ -58,6 +58,8 @@ __all__ = [
     "build_children",
     "build_config_map",
     "build_deployment",
+    "build_role",
     "build_service",
+    "config_hash",
     "worker_config",
 ]

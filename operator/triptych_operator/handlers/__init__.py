@@ -77,6 +77,11 @@ def build_registry() -> kopf.OperatorRegistry:
         """The pod's ServiceAccount in the cluster, else $KUBECONFIG (kopf's own readers)."""
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        """The operator is stopping: cancel re-queued requests still waiting out their backoff."""
+        await _reconciler(memo).close()
+
     @kopf.on.resume(API_GROUP, API_VERSION, PLURAL, id="kopf-resume", registry=registry)
     async def resume(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
         """Operator (re)started: re-apply the desired state (server-side apply makes this idempotent)."""

@@ -28,35 +28,26 @@ from typing import Any
 
 import kopf
 
-from triptych_operator.builders import build_children
-from triptych_operator.kube import (
-    Forbidden,
-    Invalid,
-    Kube,
-    KubeError,
+from triptych_operator.kube import Forbidden, Invalid, Kube, KubeError, TooManyRequests
+from triptych_operator.plan import (
     NodeFacts,
-    TooManyRequests,
+    StatusUpdate,
+    applied_marker,
     child_refs,
+    drifted,
+    needs_node_facts,
+    plan_children,
+    plan_invalid,
+    plan_status,
     pod_blockers,
-    stale_children,
 )
 from triptych_operator.settings import OperatorSettings
 from triptych_operator.spec import MultimodalDeploymentSpec, SpecError, parse_resource
-from triptych_operator.status import (
-    READY,
-    STALLED,
-    Blocker,
-    compute_status,
-    invalid_spec_status,
-    status_changed,
-    status_to_dict,
-)
 
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name) of a MultimodalDeployment
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)  # child-event re-queues after transient errors
-DEFAULT_RDMA_RESOURCE = "rdma/ib"
 
 
 @dataclass
@@ -67,12 +58,6 @@ class _Gate:
     failures: int = 0
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    ready: bool
-    changed: bool
-
-
 class Reconciler:
     """One per operator process (built in main, handed to the handlers through kopf's memo)."""
 
@@ -80,9 +65,11 @@ class Reconciler:
         self.kube = kube
         self.settings = settings
         self._gates: dict[Key, _Gate] = {}
-        # What the last apply left on each child: a Deployment's generation, otherwise its resourceVersion.
-        # A child event that shows something else means someone changed the child: drift to repair.
+        # What the last apply left on each child (plan.applied_marker). A child event that shows something
+        # else means someone changed the child: drift to repair.
         self._applied: dict[Key, dict[tuple[str, str], str]] = {}
+        # Re-queued requests waiting out their backoff, kept so that close() can cancel them.
+        self._retries: set[asyncio.TimerHandle | asyncio.Task[None]] = set()
 
     def _gate(self, key: Key) -> _Gate:
         return self._gates.setdefault(key, _Gate())
@@ -115,7 +102,7 @@ class Reconciler:
         """A child or pod of `owner` changed; repair drift or refresh status (see the module docstring)."""
         key = (namespace, owner)
         meta = body.get("metadata") or {}
-        full = kind != "Pod" and (deleted or self._drifted(key, kind, meta))
+        full = kind != "Pod" and (deleted or drifted(self._applied.get(key, {}), kind, meta))
         await self._request(key, full=full)
 
     def forget(self, namespace: str, name: str) -> None:
@@ -125,11 +112,19 @@ class Reconciler:
         if gate is not None and not gate.lock.locked() and not gate.queued:
             del self._gates[(namespace, name)]
 
-    # ------------------------------------------------------------------------------------------ coalescing
+    async def close(self) -> None:
+        """Operator shutdown: cancel re-queued requests still waiting out their backoff (or running)."""
+        retries, self._retries = self._retries, set()
+        for retry in retries:
+            retry.cancel()
+        tasks = [r for r in retries if isinstance(r, asyncio.Task)]
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _drifted(self, key: Key, kind: str, meta: Mapping[str, Any]) -> bool:
-        marker = meta.get("generation") if kind == "Deployment" else meta.get("resourceVersion")
-        return self._applied.get(key, {}).get((kind, str(meta.get("name")))) != str(marker)
+    @property
+    def pending_retries(self) -> int:
+        return len(self._retries)
+
+    # ------------------------------------------------------------------------------------------ coalescing
 
     async def _request(self, key: Key, *, full: bool) -> None:
         gate = self._gate(key)
@@ -158,8 +153,19 @@ class Reconciler:
                 gate.failures += 1
                 logger.info("%s/%s: %s; retrying in %.0f s", key[0], key[1], exc, delay)
                 gate.full = gate.full or full
-                loop = asyncio.get_running_loop()
-                loop.call_later(delay, lambda: loop.create_task(self._request(key, full=False)))
+                self._retry_later(key, delay)
+
+    def _retry_later(self, key: Key, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        def start() -> None:
+            self._retries.discard(handle)
+            task = loop.create_task(self._request(key, full=False))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+
+        handle = loop.call_later(delay, start)
+        self._retries.add(handle)
 
     # ------------------------------------------------------------------------------------- work (threads)
 
@@ -175,33 +181,22 @@ class Reconciler:
         if found is None:
             return
         owner, spec = found
-        meta = owner["metadata"]
         facts = self.kube.node_facts()
-        net = spec.networking
-        resource = net.rdma.resource if net.rdma is not None else DEFAULT_RDMA_RESOURCE
-        desired = build_children(
-            name, namespace, meta["uid"], spec, self.settings, rdma_available=resource in facts.resources
-        )
+        existing = child_refs(self.kube.list_children(namespace, name)) if prune else []
+        plan = plan_children(name, namespace, owner["metadata"]["uid"], spec, self.settings, facts, existing)
         markers = self._applied.setdefault((namespace, name), {})
         deployments = []
-        for child in desired:
+        for child in plan.desired:
             applied = self.kube.apply(child)
-            child_meta = applied["metadata"]
-            kind = applied["kind"]
-            marker = (
-                child_meta.get("generation") if kind == "Deployment" else child_meta.get("resourceVersion")
+            markers[(applied["kind"], applied["metadata"]["name"])] = applied_marker(
+                applied["kind"], applied["metadata"]
             )
-            markers[(kind, child_meta["name"])] = str(marker)
-            if kind == "Deployment":
+            if applied["kind"] == "Deployment":
                 deployments.append(applied)
-        if prune:
-            existing = child_refs(self.kube.list_children(namespace, name))
-            for ref in stale_children(existing, desired, meta["uid"]):
-                if self.kube.delete(ref, namespace):
-                    markers.pop((ref.kind, ref.name), None)
-                    self._event(
-                        owner, "Normal", "Pruned", f"deleted {ref.kind} {ref.name}: no longer desired"
-                    )
+        for ref in plan.prune:
+            if self.kube.delete(ref, namespace):
+                markers.pop((ref.kind, ref.name), None)
+                self._event(owner, "Normal", "Pruned", f"deleted {ref.kind} {ref.name}: no longer desired")
         self._write_status(owner, spec, deployments, facts)
 
     def _refresh(self, namespace: str, name: str) -> None:
@@ -218,85 +213,34 @@ class Reconciler:
         spec: MultimodalDeploymentSpec,
         deployments: list[dict[str, Any]],
         facts: NodeFacts | None,
-    ) -> _Outcome:
+    ) -> None:
         meta = owner["metadata"]
-        blockers: list[Blocker] = []
         pods = self.kube.pods(meta["namespace"], meta["name"])
-        if pods:
-            unschedulable = any(
-                c.get("reason") == "Unschedulable"
-                for p in pods
-                for c in (p.get("status") or {}).get("conditions") or []
-            )
-            if unschedulable and facts is None:
-                facts = self.kube.node_facts()
-            blockers = pod_blockers(pods, facts)
-        previous = owner.get("status")
-        new = compute_status(
-            spec, int(meta.get("generation", 0)), deployments, previous, datetime.now(UTC), blockers=blockers
-        )
-        ready = _condition_status(status_to_dict(new), READY) == "True"
-        if not status_changed(previous, new):
-            return _Outcome(ready, changed=False)
-        new_dict = status_to_dict(new)
-        self.kube.patch_status(meta["namespace"], meta["name"], previous, new_dict)
-        self._events_for_flips(owner, previous or {}, new_dict)
-        logger.info("%s/%s: status %s", meta["namespace"], meta["name"], new_dict.get("summary"))
-        return _Outcome(ready, changed=True)
+        if facts is None and needs_node_facts(pods):
+            facts = self.kube.node_facts()
+        update = plan_status(owner, spec, deployments, pod_blockers(pods, facts), datetime.now(UTC))
+        self._write(owner, update)
+        if update is not None:
+            logger.info("%s/%s: status %s", meta["namespace"], meta["name"], update.status.get("summary"))
 
     def _write_invalid(self, namespace: str, name: str, message: str) -> None:
         owner = self.kube.get_owner(namespace, name)
-        if owner is None:
+        if owner is not None:
+            self._write(owner, plan_invalid(owner, message, datetime.now(UTC)))
+
+    def _write(self, owner: Mapping[str, Any], update: StatusUpdate | None) -> None:
+        if update is None:  # unchanged: no write, no Event
             return
-        previous = owner.get("status")
-        new = invalid_spec_status(
-            int(owner["metadata"].get("generation", 0)), previous, message, datetime.now(UTC)
-        )
-        if status_changed(previous, new):
-            new_dict = status_to_dict(new)
-            self.kube.patch_status(namespace, name, previous, new_dict)
-            self._events_for_flips(owner, previous or {}, new_dict)
-
-    # ------------------------------------------------------------------------------------------ events
-
-    def _events_for_flips(
-        self, owner: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]
-    ) -> None:
-        """Events only when Ready or Stalled flips (or a stall's reason changes), not on every refresh."""
-        was_ready, is_ready = _condition_status(old, READY), _condition_status(new, READY)
-        was_stalled = (_condition_status(old, STALLED), _condition_reason(old, STALLED))
-        is_stalled = (_condition_status(new, STALLED), _condition_reason(new, STALLED))
-        if is_ready == "True" and was_ready != "True":
-            self._event(owner, "Normal", "Ready", _condition_message(new, READY))
-        if is_stalled[0] == "True" and is_stalled != was_stalled:
-            self._event(owner, "Warning", is_stalled[1] or "Stalled", _condition_message(new, STALLED))
-        if was_ready == "True" and is_ready != "True":
-            self._event(owner, "Normal", "NotReady", _condition_message(new, READY))
+        meta = owner["metadata"]
+        self.kube.patch_status(meta["namespace"], meta["name"], update.patch)
+        for event in update.events:
+            self._event(owner, event.type, event.reason, event.message)
 
     def _event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         try:
             self.kube.emit_event(owner, type_, reason, message)
         except KubeError as exc:  # an Event is a courtesy: never fail a reconcile over it
             logger.info("could not record event %s: %s", reason, exc)
-
-
-def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == type_:
-            return cond  # type: ignore[no-any-return]
-    return {}
-
-
-def _condition_status(status: Mapping[str, Any], type_: str) -> str:
-    return str(_condition(status, type_).get("status", ""))
-
-
-def _condition_reason(status: Mapping[str, Any], type_: str) -> str:
-    return str(_condition(status, type_).get("reason", ""))
-
-
-def _condition_message(status: Mapping[str, Any], type_: str) -> str:
-    return str(_condition(status, type_).get("message", ""))
 
 
 __all__ = ["Reconciler"]

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import pytest
 import yaml
-from triptych_operator.builders import build_children, build_deployment, build_service
+from triptych_operator.builders import build_children, build_role, build_service
 from triptych_operator.settings import OperatorSettings
 from triptych_operator.spec import Role, parse_resource, parse_spec
 
@@ -45,6 +45,16 @@ def _spec(backend: str = "vllm", **extra: Any) -> Any:
     raw: dict[str, Any] = {"backend": backend, "model": {"name": "m"}, "roles": {"decode": {}}}
     raw.update(extra)
     return parse_spec(raw)
+
+
+def _deployment(
+    spec: Any, role: Role, *, rdma_available: bool, replicas: int | None = None
+) -> dict[str, Any]:
+    """The role's Deployment as build_children makes it (with its ConfigMap's hash and engine command)."""
+    children = build_role(
+        "demo", "ns", "u1", spec, role, SETTINGS, rdma_available=rdma_available, replicas=replicas
+    )
+    return next(c for c in children if c["kind"] == "Deployment")
 
 
 def _container(dep: dict[str, Any], name: str) -> dict[str, Any]:
@@ -87,7 +97,7 @@ def test_worker_service_is_headless() -> None:
 
 
 def test_reference_decode_deployment() -> None:
-    dep = build_deployment("demo", "ns", "u1", _spec("reference"), "decode", SETTINGS, rdma_available=True)
+    dep = _deployment(_spec("reference"), "decode", rdma_available=True)
     assert dep["metadata"]["name"] == "demo-decode"
     assert dep["metadata"]["ownerReferences"] == OWNER
     assert dep["spec"]["selector"] == {
@@ -147,7 +157,7 @@ def test_vllm_prefill_rdma() -> None:
         networking={"transport": "rdma", "rdma": {"networks": ["roce"], "ucx": {"UCX_IB_GID_INDEX": "0"}}},
         topology={"gpuProduct": "NVIDIA-H100-80GB-HBM3"},
     )
-    dep = build_deployment("demo", "ns", "u1", spec, "prefill", SETTINGS, rdma_available=False)
+    dep = _deployment(spec, "prefill", rdma_available=False)
     engine = _container(dep, "engine")
     assert engine["command"] == [
         "vllm",
@@ -208,18 +218,16 @@ def test_vllm_prefill_rdma() -> None:
 
 def test_tcp_pins_ucx_and_requests_no_rdma() -> None:
     spec = _spec(networking={"transport": "tcp"})
-    engine = _container(
-        build_deployment("demo", "ns", "u1", spec, "decode", SETTINGS, rdma_available=True), "engine"
-    )
+    engine = _container(_deployment(spec, "decode", rdma_available=True), "engine")
     assert _env(engine)["UCX_TLS"] == "tcp,cuda_copy"
     assert engine["resources"] == {"requests": {"nvidia.com/gpu": 1}, "limits": {"nvidia.com/gpu": 1}}
 
 
 def test_auto_follows_rdma_available() -> None:
     spec = _spec(networking={"transport": "auto", "rdma": {"resource": "rdma/roce", "count": 2}})
-    with_rdma = build_deployment("demo", "ns", "u1", spec, "decode", SETTINGS, rdma_available=True)
+    with_rdma = _deployment(spec, "decode", rdma_available=True)
     assert _container(with_rdma, "engine")["resources"]["limits"]["rdma/roce"] == 2
-    without = build_deployment("demo", "ns", "u1", spec, "decode", SETTINGS, rdma_available=False)
+    without = _deployment(spec, "decode", rdma_available=False)
     assert "rdma/roce" not in _container(without, "engine")["resources"]["limits"]
 
 
@@ -254,7 +262,7 @@ def test_auto_follows_rdma_available() -> None:
 def test_disaggregation_flags(backend: str, roles: dict[str, Any], role: str, flags: list[str]) -> None:
     spec = _spec(backend, roles=roles)
     cmd = _container(
-        build_deployment("demo", "ns", "u1", spec, cast("Role", role), SETTINGS, rdma_available=False),
+        _deployment(spec, cast("Role", role), rdma_available=False),
         "engine",
     )["command"]
     joined = " ".join(cmd)
@@ -262,9 +270,7 @@ def test_disaggregation_flags(backend: str, roles: dict[str, Any], role: str, fl
 
 
 def test_aggregated_vllm_has_no_connectors() -> None:
-    cmd = _container(
-        build_deployment("demo", "ns", "u1", _spec(), "decode", SETTINGS, rdma_available=False), "engine"
-    )["command"]
+    cmd = _container(_deployment(_spec(), "decode", rdma_available=False), "engine")["command"]
     assert not any("transfer-config" in part for part in cmd)
 
 
@@ -273,9 +279,7 @@ def test_colocate_required_term_includes_own_role() -> None:
         roles={"prefill": {}, "decode": {}},
         topology={"colocate": {"roles": ["prefill", "decode"], "mode": "required"}},
     )
-    pod = build_deployment("demo", "ns", "u1", spec, "decode", SETTINGS, rdma_available=False)["spec"][
-        "template"
-    ]["spec"]
+    pod = _deployment(spec, "decode", rdma_available=False)["spec"]["template"]["spec"]
     assert pod["affinity"]["podAffinity"] == {
         "requiredDuringSchedulingIgnoredDuringExecution": [
             {
@@ -293,7 +297,7 @@ def test_colocate_required_term_includes_own_role() -> None:
 
 def test_replicas_override_and_user_env_wins() -> None:
     spec = _spec(roles={"decode": {"replicas": 2, "env": [{"name": "UCX_TLS", "value": "tcp"}]}})
-    dep = build_deployment("demo", "ns", "u1", spec, "decode", SETTINGS, rdma_available=True, replicas=5)
+    dep = _deployment(spec, "decode", rdma_available=True, replicas=5)
     assert dep["spec"]["replicas"] == 5
     assert [e for e in _container(dep, "engine")["env"] if e["name"] == "UCX_TLS"] == [
         {"name": "UCX_TLS", "value": "tcp"}
@@ -311,14 +315,10 @@ def test_children_order_and_kinds() -> None:
 
 
 def test_config_changes_roll_pods() -> None:
-    a = build_deployment("demo", "ns", "u1", _spec("reference"), "decode", SETTINGS, rdma_available=False)
-    b = build_deployment(
-        "demo",
-        "ns",
-        "u1",
+    a = _deployment(_spec("reference"), "decode", rdma_available=False)
+    b = _deployment(
         parse_spec({"backend": "reference", "model": {"name": "other"}, "roles": {"decode": {}}}),
         "decode",
-        SETTINGS,
         rdma_available=False,
     )
     key = "triptych.dev/config-sha256"

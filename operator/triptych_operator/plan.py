@@ -1,0 +1,316 @@
+"""The planner: what one reconcile should do, decided without I/O.
+
+The Reconciler (`handlers/reconcile.py`) reads the cluster through the kube module, hands what it read to
+the functions here, and carries out what they return; `kube.py` only moves bytes. Like LWS's
+`planner.ComputeNextStep`, each decision is a pure function of its inputs, unit-tested on its own:
+
+- `plan_children`: desired children (built by the builders) and the prune set (children we control that
+  are no longer desired) -> a `Plan`;
+- `applied_marker` / `drifted`: whether a child event shows a change we did not make (drift to repair);
+- `pod_blockers` (+ `needs_node_facts`): what keeps pods from running, for `Stalled`;
+- `plan_status` / `plan_invalid`: the new status (or None when nothing changed), the Events its condition
+  flips deserve, and the merge patch that writes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from triptych_contract import LABEL_ROLE
+
+from triptych_operator.builders import build_children
+from triptych_operator.builders.objects import GPU_PRODUCT_LABEL
+from triptych_operator.spec import MultimodalDeploymentSpec
+from triptych_operator.status import (
+    BLOCKER_REASONS,
+    READY,
+    STALLED,
+    Blocker,
+    compute_status,
+    invalid_spec_status,
+    status_changed,
+    status_to_dict,
+)
+
+if TYPE_CHECKING:
+    from triptych_operator.settings import OperatorSettings
+
+DEFAULT_RDMA_RESOURCE = "rdma/ib"
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What the planner needs to know about nodes: extended resources any node can allocate (RDMA for
+    transport auto) and the GPU products present (to explain an unschedulable gpuProduct)."""
+
+    resources: frozenset[str]
+    gpu_products: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ChildRef:
+    """One existing child as listed: enough to tell whether it is still desired and to delete it."""
+
+    api_version: str
+    kind: str
+    name: str
+    uid: str
+    controller_uid: str | None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A core/v1 Event to record on the MultimodalDeployment."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The children to apply (pipeline order: per role its ConfigMap, Service, Deployment) and those to
+    delete."""
+
+    desired: tuple[Json, ...]
+    prune: tuple[ChildRef, ...]
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """A status that differs from the stored one: the merge patch to send and the Events to record."""
+
+    status: Json
+    patch: Json
+    events: tuple[Event, ...]
+
+
+# ------------------------------------------------------------------------------------------------ children
+
+
+def rdma_available(spec: MultimodalDeploymentSpec, facts: NodeFacts) -> bool:
+    """`networking.transport: auto` resolved: does any node advertise the RDMA resource the spec names?"""
+    rdma = spec.networking.rdma
+    return (rdma.resource if rdma is not None else DEFAULT_RDMA_RESOURCE) in facts.resources
+
+
+def plan_children(  # noqa: PLR0917 - the owner's identity, its spec, and what was read about the cluster
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: MultimodalDeploymentSpec,
+    settings: OperatorSettings,
+    facts: NodeFacts,
+    existing: Iterable[ChildRef] = (),
+    *,
+    replicas: Mapping[str, int] | None = None,
+) -> Plan:
+    """Desired children of one MultimodalDeployment, and which of `existing` to prune."""
+    desired = build_children(
+        name,
+        namespace,
+        uid,
+        spec,
+        settings,
+        rdma_available=rdma_available(spec, facts),
+        replicas=replicas,
+    )
+    return Plan(tuple(desired), tuple(stale_children(existing, desired, uid)))
+
+
+def child_refs(listed: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]) -> list[ChildRef]:
+    """The listed children (by (apiVersion, kind)) as references, with the uid of their controller."""
+    out = []
+    for (api_version, kind), items in listed.items():
+        for item in items:
+            meta = item.get("metadata") or {}
+            controller = next(
+                (o.get("uid") for o in meta.get("ownerReferences") or [] if o.get("controller")), None
+            )
+            out.append(ChildRef(api_version, kind, meta.get("name", ""), meta.get("uid", ""), controller))
+    return out
+
+
+def stale_children(
+    existing: Iterable[ChildRef], desired: Iterable[Mapping[str, Any]], owner_uid: str
+) -> list[ChildRef]:
+    """Children controlled by `owner_uid` that the desired state no longer has (a removed role). Objects
+    with our labels but another controller are never touched."""
+    wanted = {(d["apiVersion"], d["kind"], d["metadata"]["name"]) for d in desired}
+    return [
+        r for r in existing if r.controller_uid == owner_uid and (r.api_version, r.kind, r.name) not in wanted
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ drift
+
+
+def applied_marker(kind: str, meta: Mapping[str, Any]) -> str:
+    """What identifies the state we applied: a Deployment's generation (its controller's status writes
+    move resourceVersion, not generation), any other kind's resourceVersion."""
+    return str(meta.get("generation") if kind == "Deployment" else meta.get("resourceVersion"))
+
+
+def drifted(applied: Mapping[tuple[str, str], str], kind: str, meta: Mapping[str, Any]) -> bool:
+    """A child event whose marker is not the one our last apply left: someone else changed the child (or
+    we never applied it in this process)."""
+    return applied.get((kind, str(meta.get("name")))) != applied_marker(kind, meta)
+
+
+# ------------------------------------------------------------------------------------------------ blockers
+
+
+def needs_node_facts(pods: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether some pod is unschedulable, so `pod_blockers` needs the nodes' GPU products to say why."""
+    return any(
+        c.get("reason") == "Unschedulable"
+        for p in pods
+        for c in (p.get("status") or {}).get("conditions") or []
+    )
+
+
+def pod_blockers(pods: Iterable[Mapping[str, Any]], facts: NodeFacts | None = None) -> list[Blocker]:
+    """What keeps pods from running: Unschedulable (PodScheduled=False), or a container waiting with one of
+    status.BLOCKER_REASONS (image pulls, crash loops). One blocker per (role, reason), first message kept.
+    When a pod is unschedulable because it asks for a GPU product no node has, say so (the scheduler's
+    message only counts nodes that did not match)."""
+    found: dict[tuple[str, str], Blocker] = {}
+    for pod in pods:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        role = str((meta.get("labels") or {}).get(LABEL_ROLE, ""))
+        for cond in status.get("conditions") or []:
+            if (
+                cond.get("type") == "PodScheduled"
+                and cond.get("status") == "False"
+                and cond.get("reason") == "Unschedulable"
+            ):
+                reason, message = "Unschedulable", str(cond.get("message", ""))
+                product = _required_gpu_product(pod)
+                if product is not None and facts is not None and product not in facts.gpu_products:
+                    reason = "GPUProductUnavailable"
+                    message = f"no node has {GPU_PRODUCT_LABEL}={product} ({message})"
+                found.setdefault((role, reason), Blocker(role, reason, message))
+        for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in BLOCKER_REASONS:
+                reason = str(waiting["reason"])
+                message = f"container {cs.get('name')}: {waiting.get('message', '')}".strip()
+                found.setdefault((role, reason), Blocker(role, reason, message))
+    return list(found.values())
+
+
+def _required_gpu_product(pod: Mapping[str, Any]) -> str | None:
+    affinity = ((pod.get("spec") or {}).get("affinity") or {}).get("nodeAffinity") or {}
+    required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    for term in required.get("nodeSelectorTerms") or []:
+        for expr in term.get("matchExpressions") or []:
+            if expr.get("key") == GPU_PRODUCT_LABEL and expr.get("operator") == "In" and expr.get("values"):
+                return str(expr["values"][0])
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ status
+
+
+def plan_status(
+    owner: Mapping[str, Any],
+    spec: MultimodalDeploymentSpec,
+    deployments: Sequence[Mapping[str, Any]],
+    blockers: Sequence[Blocker],
+    now: datetime,
+) -> StatusUpdate | None:
+    """The owner's new status from its child Deployments and pod blockers; None when it is unchanged."""
+    previous = owner.get("status")
+    generation = int((owner.get("metadata") or {}).get("generation", 0))
+    new = compute_status(spec, generation, deployments, previous, now, blockers=blockers)
+    if not status_changed(previous, new):
+        return None
+    return _update(previous, status_to_dict(new))
+
+
+def plan_invalid(owner: Mapping[str, Any], message: str, now: datetime) -> StatusUpdate | None:
+    """Status for a spec the operator refuses (Stalled, InvalidSpec); None when it is already that."""
+    previous = owner.get("status")
+    generation = int((owner.get("metadata") or {}).get("generation", 0))
+    new = invalid_spec_status(generation, previous, message, now)
+    if not status_changed(previous, new):
+        return None
+    return _update(previous, status_to_dict(new))
+
+
+def _update(previous: Mapping[str, Any] | None, new: Json) -> StatusUpdate:
+    old = previous or {}
+    return StatusUpdate(new, merge_patch(old, new), tuple(flip_events(old, new)))
+
+
+def is_ready(status: Mapping[str, Any]) -> bool:
+    return _condition(status, READY).get("status") == "True"
+
+
+def flip_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
+    """Events only when Ready or Stalled flips (or a stall's reason changes), not on every refresh."""
+    was_ready, now_ready = is_ready(old), is_ready(new)
+    was_stalled, now_stalled = _condition(old, STALLED), _condition(new, STALLED)
+    events = []
+    if now_ready and not was_ready:
+        events.append(Event("Normal", "Ready", str(_condition(new, READY).get("message", ""))))
+    stall = (now_stalled.get("status"), now_stalled.get("reason"))
+    if stall[0] == "True" and stall != (was_stalled.get("status"), was_stalled.get("reason")):
+        reason = str(stall[1] or "Stalled")
+        events.append(Event("Warning", reason, str(now_stalled.get("message", ""))))
+    if was_ready and not now_ready:
+        events.append(Event("Normal", "NotReady", str(_condition(new, READY).get("message", ""))))
+    return events
+
+
+def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == type_:
+            return cond  # type: ignore[no-any-return]
+    return {}
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> Json:
+    """A JSON merge patch (RFC 7386) turning `old` into `new`: changed keys, and None for removed ones
+    (a merge patch otherwise keeps what it does not mention)."""
+    patch: Json = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            sub = merge_patch(before, value)
+            if sub:
+                patch[key] = sub
+        elif value != before:
+            patch[key] = value
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
+
+
+__all__ = [
+    "ChildRef",
+    "Event",
+    "NodeFacts",
+    "Plan",
+    "StatusUpdate",
+    "applied_marker",
+    "child_refs",
+    "drifted",
+    "flip_events",
+    "is_ready",
+    "merge_patch",
+    "needs_node_facts",
+    "plan_children",
+    "plan_invalid",
+    "plan_status",
+    "pod_blockers",
+    "rdma_available",
+    "stale_children",
+]

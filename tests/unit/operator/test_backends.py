@@ -1,0 +1,173 @@
+"""Each backend profile's pod parts, engine command and extras, checked against hand-written expectations
+(the golden manifests in test_builders cover whole examples; these name what each profile owns)."""
+
+from __future__ import annotations
+
+from typing import Any, get_args
+
+import pytest
+from triptych_operator.builders import build_role
+from triptych_operator.builders.backends import PROFILES, profile_for
+from triptych_operator.builders.backends.base import SIDECAR_RESOURCES, EngineServerProfile
+from triptych_operator.settings import OperatorSettings
+from triptych_operator.spec import Backend, Role, parse_spec
+
+SETTINGS = OperatorSettings.from_env({})
+GPU_BACKENDS = ("vllm", "sglang", "trtllm")
+
+
+def _spec(backend: str, **extra: Any) -> Any:
+    raw: dict[str, Any] = {
+        "backend": backend,
+        "model": {"name": "org/m"},
+        "roles": {"encode": {}, "decode": {}},
+    }
+    raw.update(extra)
+    return parse_spec(raw)
+
+
+def _pod(spec: Any, role: Role) -> dict[str, Any]:
+    children = build_role("d", "ns", "u", spec, role, SETTINGS, rdma_available=False)
+    deployment = next(c for c in children if c["kind"] == "Deployment")
+    return deployment["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def _names(items: list[dict[str, Any]]) -> list[str]:
+    return [i["name"] for i in items]
+
+
+def test_every_backend_of_the_api_has_a_profile() -> None:
+    assert set(PROFILES) == set(get_args(Backend))
+    for name, profile in PROFILES.items():
+        assert profile.name == name
+        assert profile_for(name) is profile
+
+
+def test_an_unknown_backend_is_named() -> None:
+    with pytest.raises(ValueError, match=r"'tgi' has no profile \(known: reference, sglang, trtllm, vllm\)"):
+        profile_for("tgi")  # type: ignore[arg-type]
+
+
+def test_settings_defaults_come_from_the_profiles() -> None:
+    assert SETTINGS.images == {b: p.default_image for b, p in PROFILES.items()}
+    assert SETTINGS.shm_sizes == {"vllm": "16Gi", "sglang": "16Gi", "trtllm": "32Gi", "reference": "256Mi"}
+
+
+# ------------------------------------------------------------------------------------------------ reference
+
+
+def test_reference_worker_is_one_container_with_a_prepared_model() -> None:
+    pod = _pod(_spec("reference"), "encode")
+    assert _names(pod["containers"]) == ["worker"]
+    assert _names(pod["initContainers"]) == ["prepare-model"]
+    assert pod["volumes"] == [
+        {"name": "config", "configMap": {"name": "d-encode"}},
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}},
+        {"name": "model", "emptyDir": {"sizeLimit": "1Gi"}},
+    ]
+    (worker,) = pod["containers"]
+    assert _names(worker["volumeMounts"]) == ["config", "shm", "model"]
+    assert worker["resources"] == {"requests": {"cpu": "100m", "memory": "1Gi"}}
+    assert pod["initContainers"][0]["volumeMounts"] == [{"name": "model", "mountPath": "/models"}]
+
+
+def test_reference_frontend_reads_the_model_too() -> None:
+    pod = _pod(_spec("reference"), "frontend")
+    (worker,) = pod["containers"]
+    assert _names(pod["volumes"]) == ["config", "model"]  # no /dev/shm: the frontend moves no tensors
+    assert _names(worker["volumeMounts"]) == ["config", "model"]
+    assert worker["resources"] == {"requests": {"cpu": "250m", "memory": "256Mi"}}
+    assert _names(worker["ports"]) == ["http", "metrics"]
+
+
+def test_reference_with_a_pvc_mounts_it_and_prepares_nothing() -> None:
+    spec = _spec("reference", model={"name": "m", "source": {"pvc": "models", "path": "/tiny/"}})
+    pod = _pod(spec, "decode")
+    assert "initContainers" not in pod
+    assert pod["volumes"][-1] == {
+        "name": "model",
+        "persistentVolumeClaim": {"claimName": "models", "readOnly": True},
+    }
+    assert PROFILES["reference"].model_ref(spec) == "/models/tiny"
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_reference_adds_nothing_to_config_or_service() -> None:
+    profile = PROFILES["reference"]
+    assert profile.engine(_spec("reference"), "decode") is None
+    assert profile.worker_config(_spec("reference"), "decode") == {}
+    assert profile.service_ports("decode") == []
+
+
+# ------------------------------------------------------------------------------------------- engine servers
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_engine_server_worker_pod_is_engine_plus_sidecar(backend: str) -> None:
+    pod = _pod(_spec(backend), "decode")
+    engine, sidecar = pod["containers"]
+    assert (engine["name"], sidecar["name"]) == ("engine", "worker")
+    assert "initContainers" not in pod
+    assert engine["ports"][0] == {"name": "engine", "containerPort": 8001, "protocol": "TCP"}
+    assert engine["readinessProbe"]["httpGet"] == {"path": "/health", "port": "engine"}
+    assert _names(engine["volumeMounts"]) == ["config", "shm"]
+    assert engine["resources"]["limits"] == {"nvidia.com/gpu": 1}  # the devices go to the engine
+    assert sidecar["command"] == ["triptych-worker", "decode", "--config", "/etc/triptych/config.yaml"]
+    assert _names(sidecar["volumeMounts"]) == ["config"]
+    assert sidecar["resources"] == SIDECAR_RESOURCES
+    assert "UCX_TLS" not in {e["name"] for e in sidecar["env"]}  # NIXL runs in the engine
+    assert "UCX_TLS" in {e["name"] for e in engine["env"]}
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_engine_server_frontend_is_triptych_worker_alone(backend: str) -> None:
+    profile = PROFILES[backend]  # type: ignore[index]
+    assert isinstance(profile, EngineServerProfile)
+    spec = _spec(backend)
+    pod = _pod(spec, "frontend")
+    (worker,) = pod["containers"]
+    assert _names(pod["volumes"]) == ["config"]
+    assert worker["resources"] == {"requests": {"cpu": "250m", "memory": "256Mi"}}
+    assert profile.engine(spec, "frontend") is None
+    assert profile.worker_config(spec, "frontend") == {}
+    assert profile.service_ports("frontend") == []
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_engine_server_worker_config_and_service_name_the_engine(backend: str) -> None:
+    profile = PROFILES[backend]  # type: ignore[index]
+    assert profile.worker_config(_spec(backend), "decode") == {
+        "engine": {"url": "http://127.0.0.1:8001", "healthPath": "/health"}
+    }
+    assert profile.service_ports("encode") == [
+        {"name": "engine", "port": 8001, "targetPort": "engine", "protocol": "TCP"}
+    ]
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_engine_server_pvc_model_is_mounted_into_the_engine_only(backend: str) -> None:
+    spec = _spec(backend, model={"name": "org/m", "source": {"pvc": "models", "path": "/qwen"}})
+    engine, sidecar = _pod(spec, "decode")["containers"]
+    assert {"name": "model", "mountPath": "/models", "readOnly": True} in engine["volumeMounts"]
+    assert _names(sidecar["volumeMounts"]) == ["config"]
+    assert "/models/qwen" in engine["command"]
+
+
+def test_user_extra_args_end_the_engine_command() -> None:
+    spec = _spec("vllm", roles={"decode": {"extraArgs": ["--max-model-len", "4096"]}})
+    command = PROFILES["vllm"].engine(spec, "decode")
+    assert command is not None
+    assert command.command[-2:] == ["--max-model-len", "4096"]
+
+
+def test_trtllm_options_travel_in_the_configmap() -> None:
+    spec = _spec("trtllm", roles={"prefill": {}, "decode": {}})
+    children = build_role("d", "ns", "u", spec, "prefill", SETTINGS, rdma_available=False)
+    config_map = next(c for c in children if c["kind"] == "ConfigMap")
+    assert set(config_map["data"]) == {"config.yaml", "engine.yaml"}
+    assert '"disable_overlap_scheduler": true' in config_map["data"]["engine.yaml"]
+    engine = next(c for c in children if c["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][
+        0
+    ]
+    assert engine["command"][-2:] == ["--config", "/etc/triptych/engine.yaml"]

@@ -1,0 +1,236 @@
+"""The Reconciler's own logic on plans: what it applies, prunes and writes, drift, coalescing, retries.
+
+`MemoryKube` is an in-memory stand-in for the kube module, with the same methods the Reconciler calls:
+these tests are about the Reconciler's decisions and bookkeeping (how many calls, in what order, what is
+re-queued), which a real API server cannot make observable or deterministic. The same paths against the
+real local cluster (drift repair, pruning, status, API-server restarts) are tests/e2e/operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import kopf
+import pytest
+from triptych_operator.handlers import reconcile as reconcile_module
+from triptych_operator.handlers.reconcile import Reconciler
+from triptych_operator.kube import CHILD_KINDS, ServerError
+from triptych_operator.plan import ChildRef, NodeFacts
+from triptych_operator.settings import OperatorSettings
+
+NS, NAME, UID = "ns", "x", "owner-uid"
+
+
+class MemoryKube:
+    """Objects in dicts; Deployments' generation moves only when their spec does, like the API server's."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.owner: dict[str, Any] = {
+            "apiVersion": "triptych.dev/v1alpha1",
+            "kind": "MultimodalDeployment",
+            "metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 1},
+            "spec": spec,
+        }
+        self.children: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.calls: list[str] = []
+        self.events: list[tuple[str, str]] = []
+        self.status_patches: list[dict[str, Any]] = []
+        self.fail_listing: int = 0  # the next N list_children calls raise a 503
+        self.pods_gate: threading.Event | None = None  # when set, pods() waits for it
+        self.in_pods = threading.Event()
+        self._version = 0
+
+    def _rv(self) -> str:
+        self._version += 1
+        return str(self._version)
+
+    def get_owner(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("get_owner")
+        return copy.deepcopy(self.owner)
+
+    def node_facts(self) -> NodeFacts:
+        self.calls.append("node_facts")
+        return NodeFacts(frozenset(), frozenset())
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        key = (obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
+        self.calls.append(f"apply {obj['kind']} {obj['metadata']['name']}")
+        old = self.children.get(key)
+        new = copy.deepcopy(dict(obj))
+        generation = 1 if old is None else old["metadata"]["generation"]
+        if old is not None and old.get("spec") != new.get("spec"):
+            generation += 1
+        new["metadata"].update(generation=generation, resourceVersion=self._rv(), uid=f"uid-{key[2]}")
+        self.children[key] = new
+        return copy.deepcopy(new)
+
+    def list_children(
+        self, namespace: str, owner: str, kinds: Iterable[tuple[str, str]] = CHILD_KINDS
+    ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        self.calls.append("list_children")
+        if self.fail_listing:
+            self.fail_listing -= 1
+            raise ServerError("list: 503 Service Unavailable", status=503)
+        return {
+            (av, kind): [copy.deepcopy(o) for (a, k, _), o in self.children.items() if (a, k) == (av, kind)]
+            for av, kind in kinds
+        }
+
+    def delete(self, ref: ChildRef, namespace: str) -> bool:
+        self.calls.append(f"delete {ref.kind} {ref.name}")
+        return self.children.pop((ref.api_version, ref.kind, ref.name), None) is not None
+
+    def pods(self, namespace: str, owner: str) -> list[dict[str, Any]]:
+        self.calls.append("pods")
+        self.in_pods.set()
+        if self.pods_gate is not None:
+            assert self.pods_gate.wait(10), "the test never released pods()"
+        return []
+
+    def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        self.status_patches.append(dict(patch))
+        status = self.owner.setdefault("status", {})
+        _merge(status, patch)
+
+    def emit_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        self.events.append((type_, reason))
+
+
+def _merge(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def _reconciler(kube: MemoryKube) -> Reconciler:
+    return Reconciler(kube, OperatorSettings.from_env({}))  # type: ignore[arg-type]
+
+
+def _spec(**roles: Any) -> dict[str, Any]:
+    return {"backend": "reference", "model": {"name": "m"}, "roles": roles or {"decode": {}}}
+
+
+def _applies(kube: MemoryKube) -> list[str]:
+    return [c for c in kube.calls if c.startswith("apply")]
+
+
+async def test_reconcile_applies_the_plan_and_writes_status_once() -> None:
+    kube = MemoryKube(_spec())
+    reconciler = _reconciler(kube)
+    await reconciler.reconcile(NS, NAME)
+    assert _applies(kube) == [
+        f"apply {kind} x-{role}"
+        for role in ("frontend", "decode")
+        for kind in ("ConfigMap", "Service", "Deployment")
+    ]
+    assert len(kube.status_patches) == 1
+    assert kube.owner["status"]["observedGeneration"] == 1
+    # Again, unchanged: applied again (server-side apply is idempotent), but status is not rewritten.
+    await reconciler.reconcile(NS, NAME)
+    assert len(_applies(kube)) == 12
+    assert len(kube.status_patches) == 1
+
+
+async def test_a_removed_role_is_pruned_with_an_event() -> None:
+    kube = MemoryKube(_spec(encode={}, decode={}))
+    reconciler = _reconciler(kube)
+    await reconciler.reconcile(NS, NAME)
+    assert ("v1", "Service", "x-encode") in kube.children
+    kube.owner["spec"] = _spec(decode={})
+    kube.owner["metadata"]["generation"] = 2
+    await reconciler.reconcile(NS, NAME)
+    assert {k[2] for k in kube.children} == {"x-frontend", "x-decode"}
+    assert sorted(c for c in kube.calls if c.startswith("delete")) == [
+        "delete ConfigMap x-encode",
+        "delete Deployment x-encode",
+        "delete Service x-encode",
+    ]
+    assert kube.events.count(("Normal", "Pruned")) == 3
+
+
+async def test_child_events_refresh_status_and_drift_takes_the_whole_path() -> None:
+    kube = MemoryKube(_spec())
+    reconciler = _reconciler(kube)
+    await reconciler.reconcile(NS, NAME)
+    applied = kube.children[("apps/v1", "Deployment", "x-decode")]
+    # The Deployment controller wrote status (resourceVersion moved, generation did not): a refresh.
+    seen = copy.deepcopy(applied)
+    seen["metadata"]["resourceVersion"] = "999"
+    before = len(_applies(kube))
+    await reconciler.child_changed(NS, NAME, "Deployment", seen, deleted=False)
+    assert len(_applies(kube)) == before
+    # Someone edited its spec (generation moved): the whole path again, which re-applies every child.
+    seen["metadata"]["generation"] = applied["metadata"]["generation"] + 1
+    await reconciler.child_changed(NS, NAME, "Deployment", seen, deleted=False)
+    assert len(_applies(kube)) == before + 6
+    # A deleted child is drift too; a pod event never is.
+    await reconciler.child_changed(NS, NAME, "Service", {"metadata": {"name": "x-decode"}}, deleted=True)
+    assert len(_applies(kube)) == before + 12
+    await reconciler.child_changed(NS, NAME, "Pod", {"metadata": {"name": "x-decode-abc"}}, deleted=True)
+    assert len(_applies(kube)) == before + 12
+
+
+async def test_a_burst_of_pod_events_costs_one_running_and_one_queued_refresh() -> None:
+    kube = MemoryKube(_spec())
+    reconciler = _reconciler(kube)
+    await reconciler.reconcile(NS, NAME)
+    kube.calls.clear()
+    kube.pods_gate = threading.Event()
+    pod = {"metadata": {"name": "x-decode-abc"}}
+    burst = [
+        asyncio.create_task(reconciler.child_changed(NS, NAME, "Pod", pod, deleted=False)) for _ in range(20)
+    ]
+    kube.in_pods.clear()
+    # The first refresh is inside pods(); the other 19 arrive meanwhile.
+    assert await asyncio.to_thread(kube.in_pods.wait, 10)
+    await asyncio.sleep(0.05)
+    kube.pods_gate.set()
+    await asyncio.gather(*burst)
+    assert kube.calls.count("pods") == 2
+
+
+async def test_a_transient_failure_is_requeued_and_shutdown_cancels_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kube = MemoryKube(_spec())
+    reconciler = _reconciler(kube)
+    await reconciler.reconcile(NS, NAME)
+    kube.fail_listing = 1
+    await reconciler.child_changed(NS, NAME, "Pod", {"metadata": {"name": "p"}}, deleted=False)
+    assert reconciler.pending_retries == 1  # the retry is kept, not a task nobody references
+    await reconciler.close()
+    assert reconciler.pending_retries == 0
+    await asyncio.sleep(RETRY_WAIT)
+    assert kube.calls.count("list_children") == 2  # the reconcile's and the failed one: no retry ran
+
+    # With a short backoff, the re-queued refresh runs by itself and succeeds.
+    monkeypatch.setattr(reconcile_module, "RETRY_DELAYS", (0.05,))
+    kube.fail_listing = 1
+    await reconciler.child_changed(NS, NAME, "Pod", {"metadata": {"name": "p"}}, deleted=False)
+    for _ in range(200):
+        if kube.calls.count("list_children") == 4 and reconciler.pending_retries == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert kube.calls.count("list_children") == 4
+    assert reconciler.pending_retries == 0
+
+
+RETRY_WAIT = 1.2  # past the first backoff (1 s): a retry that had not been cancelled would have run
+
+
+async def test_an_invalid_spec_is_permanent_and_stalls() -> None:
+    kube = MemoryKube(_spec(decode={"gpus": 1}))  # the reference backend runs on CPU
+    with pytest.raises(kopf.PermanentError, match=r"spec\.roles\.decode"):
+        await _reconciler(kube).reconcile(NS, NAME)
+    assert _applies(kube) == []
+    stalled = next(c for c in kube.owner["status"]["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "InvalidSpec")
+    assert ("Warning", "InvalidSpec") in kube.events
