@@ -8,7 +8,7 @@ and the worker image no Kubernetes client.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
 
 API_GROUP: Final = "triptych.dev"
 API_VERSION: Final = "v1alpha1"
@@ -42,6 +42,10 @@ ENV_NATS_URL: Final = "TRIPTYCH_NATS_URL"
 ROLES: Final = ("frontend", "encode", "prefill", "decode")
 BACKENDS: Final = ("vllm", "sglang", "trtllm", "reference")
 MODALITIES: Final = ("image", "video", "audio")
+# The same names as types, written once for the workers' annotations (a unit test keeps each Literal equal to
+# its tuple above).
+Backend = Literal["vllm", "sglang", "trtllm", "reference"]
+Modality = Literal["image", "video", "audio"]
 
 # Metric names workers publish and the autoscaler reads (labels: role, deployment).
 METRIC_QUEUE_DEPTH: Final = "triptych_queue_depth"

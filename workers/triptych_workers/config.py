@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from triptych_contract import HTTP_PORT, METRICS_PORT
+from triptych_contract import HTTP_PORT, METRICS_PORT, Backend, Modality
 
 from triptych_workers.errors import TriptychError
 from triptych_workers.media.connector import FetchPolicy
@@ -105,10 +105,10 @@ class WorkerConfig(_Model):
     namespace: str
     role: str = ""
     stages: tuple[Stage, ...] | None = None
-    backend: Literal["vllm", "sglang", "trtllm", "reference"] = "reference"
+    backend: Backend = "reference"
     mode: Mode = "E/P/D"
     model: ModelConfig
-    modalities: tuple[Literal["image", "video", "audio"], ...] = ("image", "video", "audio")
+    modalities: tuple[Modality, ...] = ("image", "video", "audio")
     media: FetchPolicy = Field(default_factory=FetchPolicy)
     encoder_cache: Annotated[EncoderCacheConfig, Field(alias="encoderCache")] = Field(
         default_factory=EncoderCacheConfig

@@ -20,6 +20,7 @@ from triptych_contract import CONFIG_PATH, ENV_CONFIG
 
 from triptych_workers.config import ROLE_NAMES, ConfigError, RoleName, Settings, load_config
 from triptych_workers.engines.base import Engine
+from triptych_workers.engines.registry import lookup_backend
 from triptych_workers.roles import aggregated, decode, encode, prefill
 from triptych_workers.roles.frontend import run_frontend
 from triptych_workers.roles.server import HandlerFactory, StartupError, run_worker
@@ -42,14 +43,9 @@ def handler_factory(settings: Settings) -> HandlerFactory:
 
 
 async def load_engine(settings: Settings) -> Engine:
-    """The backend's engine (imported here, so the frontend process never imports torch)."""
-    config = settings.config
-    if config.backend != "reference":
-        raise ConfigError(f"backend {config.backend} has no in-process engine yet (its adapter comes next)")
-    # Imported here, not at the top: torch comes with it, and the frontend process must not load it.
-    from triptych_workers.engines.reference.engine import ReferenceEngine  # noqa: PLC0415
-
-    return await ReferenceEngine.load(Path(config.model.path), num_threads=config.serving.engine_threads)
+    """The configured backend's engine, from its registry entry (which imports torch only now, so the
+    frontend process never does)."""
+    return await lookup_backend(settings.config.backend).load_engine(settings.config)
 
 
 async def serve(settings: Settings) -> None:

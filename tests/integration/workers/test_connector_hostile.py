@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from triptych_workers.media.connector import FetchPolicy, MediaConnector, Modality
+from triptych_contract import Modality
+from triptych_workers.media.connector import FetchPolicy, MediaConnector
 from triptych_workers.media.errors import (
     InvalidMediaURL,
     MediaError,

@@ -70,10 +70,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+from triptych_contract import Modality
 
 from triptych_workers.errors import ClientError, TriptychError
 
-Modality = Literal["image", "video", "audio"]
 FinishReason = Literal["stop", "length"]
 
 # The dtype names a TensorBuffer may carry; numpy understands all of them. (bfloat16 has no numpy dtype:
@@ -322,6 +322,22 @@ class EngineInfo:
     modalities: frozenset[Modality]
     max_model_len: int
     eos_token_ids: frozenset[int]
+
+
+class Prompter(Protocol):
+    """What the frontend needs of a backend's prompt renderer: the chat template, the tokenizer and the
+    placeholder arithmetic, torch-free, so a frontend renders prompts without loading a model
+    (``ReferencePrompter``; the registry builds each backend's)."""
+
+    def render_chat(
+        self,
+        messages: Sequence[dict[str, object]],
+        media: Sequence[MediaItem],
+        *,
+        add_generation_prompt: bool,
+    ) -> RenderedPrompt: ...
+
+    def render_text(self, prompt: str, media: Sequence[MediaItem] = ()) -> RenderedPrompt: ...
 
 
 @runtime_checkable

@@ -20,6 +20,7 @@ from typing import Annotated, Literal, Self
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
+from triptych_contract import Modality
 
 from triptych_workers.media.connector_local import media_type_fits, parse_data_url, read_jailed_file
 from triptych_workers.media.connector_transport import GuardedTransport
@@ -36,7 +37,6 @@ from triptych_workers.media.netpolicy import DestinationGuard, Resolver, system_
 
 logger = logging.getLogger(__name__)
 
-Modality = Literal["image", "video", "audio"]
 Source = Literal["http", "data", "file"]
 
 MB = 1024 * 1024

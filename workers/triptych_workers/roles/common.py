@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Sequence
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -20,7 +20,6 @@ from triptych_workers.engines.base import (
     EngineError,
     MediaItem,
     PlaceholderSpan,
-    RenderedPrompt,
     TensorBuffer,
 )
 from triptych_workers.errors import ClientError
@@ -29,20 +28,6 @@ from triptych_workers.transport import TransferDescriptor, TransferPlane
 
 # A worker announces at most this many cached media hashes in each heartbeat (most recently used first).
 ANNOUNCED_CACHE_KEYS = 512
-
-
-class Prompter(Protocol):
-    """What the frontend needs of a backend's prompt renderer (torch-free: ``ReferencePrompter``)."""
-
-    def render_chat(
-        self,
-        messages: Sequence[dict[str, object]],
-        media: Sequence[MediaItem],
-        *,
-        add_generation_prompt: bool,
-    ) -> RenderedPrompt: ...
-
-    def render_text(self, prompt: str, media: Sequence[MediaItem] = ()) -> RenderedPrompt: ...
 
 
 class CachedEncoder:

@@ -17,12 +17,12 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+from triptych_contract import Modality
 
 from triptych_workers.engines.base import (
     DecodeStep,
     FinishReason,
     KVLayout,
-    Modality,
     PlaceholderSpan,
     RenderedPrompt,
     SamplingParams,

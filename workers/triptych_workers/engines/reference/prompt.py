@@ -15,11 +15,11 @@ from typing import Any
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
+from triptych_contract import Modality
 
 from triptych_workers.engines.base import (
     InvalidEngineInputError,
     MediaItem,
-    Modality,
     PlaceholderSpan,
     PromptTooLongError,
     RenderedPrompt,

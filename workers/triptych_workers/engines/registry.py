@@ -1,0 +1,61 @@
+"""The backends this worker runtime can run, by name: the one place a backend is wired in.
+
+An entry says how a worker process loads the backend's ``Engine`` and how the frontend builds its torch-free
+``Prompter``, both from the worker config alone. ``main`` and the frontend look the configured backend up
+here and never name one; adding a backend means adding its engine package and one entry below.
+
+Each loader imports its backend's modules only when it is called: a worker image carries only its own
+backend's packages, and the frontend, which imports this module, must never load torch (only a worker
+process calls ``load_engine``). Import-linter cannot tell a deferred import from one at the top, so
+the frontend contract in ``.importlinter`` ignores the engine loaders' imports (one line per backend), and
+tests check real processes instead (``test_frontend_imports_no_torch``, ``test_engine_registry``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from triptych_contract import Backend
+
+from triptych_workers.config import ConfigError, WorkerConfig
+from triptych_workers.engines.base import Engine, Prompter
+
+
+@dataclass(frozen=True, slots=True)
+class BackendEntry:
+    """How one backend comes up in a worker process."""
+
+    load_engine: Callable[[WorkerConfig], Awaitable[Engine]]
+    """The in-process engine of an encode, prefill, decode or aggregated worker (may import torch)."""
+    load_prompter: Callable[[WorkerConfig], Prompter]
+    """The frontend's prompt renderer (must not import torch)."""
+
+
+async def _load_reference_engine(config: WorkerConfig) -> Engine:
+    from triptych_workers.engines.reference.engine import ReferenceEngine  # noqa: PLC0415 - imports torch
+
+    return await ReferenceEngine.load(Path(config.model.path), num_threads=config.serving.engine_threads)
+
+
+def _load_reference_prompter(config: WorkerConfig) -> Prompter:
+    from triptych_workers.engines.reference.prompt import ReferencePrompter  # noqa: PLC0415 - module docstring
+
+    return ReferencePrompter(Path(config.model.path))
+
+
+_BACKENDS: Mapping[Backend, BackendEntry] = {
+    "reference": BackendEntry(load_engine=_load_reference_engine, load_prompter=_load_reference_prompter),
+}
+
+
+def lookup_backend(name: Backend) -> BackendEntry:
+    """The entry for ``name``; ``ConfigError`` (the process exits with it) for a backend without one."""
+    try:
+        return _BACKENDS[name]
+    except KeyError:
+        known = ", ".join(sorted(_BACKENDS))
+        raise ConfigError(
+            f"backend {name!r} has no engine in this worker runtime (backends with one: {known})"
+        ) from None
