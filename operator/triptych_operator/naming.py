@@ -9,9 +9,17 @@ and the backend label go beside them.
 
 from __future__ import annotations
 
-from triptych_contract import API_GROUP, API_VERSION, KIND, LABEL_BACKEND, LABEL_DEPLOYMENT, LABEL_ROLE
+from triptych_contract import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    LABEL_BACKEND,
+    LABEL_DEPLOYMENT,
+    LABEL_ROLE,
+    Backend,
+)
 
-from triptych_operator.spec import Backend, Role
+from triptych_operator.spec import Role
 
 APP_NAME = "triptych"
 MANAGED_BY = "triptych-operator"

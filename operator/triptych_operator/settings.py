@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from triptych_contract import Backend
 
 from triptych_operator.builders.backends import PROFILES
-from triptych_operator.spec import Backend
 
 ENV_PREFIX = "TRIPTYCH_OPERATOR_"
 # The NATS Service the chart installs (`nats.enabled`, release `triptych` in `triptych-system`).

@@ -22,12 +22,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic.alias_generators import to_camel
-from triptych_contract import ROLES
+from triptych_contract import ROLES, Backend, Modality
 
-Backend = Literal["vllm", "sglang", "trtllm", "reference"]
 Role = Literal["frontend", "encode", "prefill", "decode"]
 WorkerRoleName = Literal["encode", "prefill", "decode"]
-Modality = Literal["image", "video", "audio"]
 Transport = Literal["auto", "rdma", "tcp"]
 Mode = Literal["E/P/D", "E/PD", "EP/D", "EPD"]
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from triptych_contract import Backend
+
 from triptych_operator.builders.backends.base import BackendProfile, EngineCommand, PodContext, PodParts
 from triptych_operator.builders.backends.reference import ReferenceProfile
 from triptych_operator.builders.backends.sglang import SglangProfile
 from triptych_operator.builders.backends.trtllm import TrtllmProfile
 from triptych_operator.builders.backends.vllm import VllmProfile
-from triptych_operator.spec import Backend
 
 PROFILES: Mapping[Backend, BackendProfile] = MappingProxyType(
     {p.name: p for p in (VllmProfile(), SglangProfile(), TrtllmProfile(), ReferenceProfile())}

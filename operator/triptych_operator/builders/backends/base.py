@@ -29,9 +29,10 @@ from triptych_contract import (
     LIVENESS_PATH,
     METRICS_PORT,
     READINESS_PATH,
+    Backend,
 )
 
-from triptych_operator.spec import Backend, MultimodalDeploymentSpec, Role, RoleBase, WorkerRole
+from triptych_operator.spec import MultimodalDeploymentSpec, Role, RoleBase, WorkerRole
 
 MODEL_MOUNT = "/models"
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - engines serve the pod network (the worker and the frontend call them)
