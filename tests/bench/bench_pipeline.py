@@ -1,6 +1,11 @@
 """The serving path end to end: a real nats-server and the role processes (E/P/D) on 127.0.0.1, driven by the
 official ``openai`` client through the frontend, side by side:
 
+0. Where images are decoded (``serving.decodeImagesOn``): ``encode`` (the frontend reads the header, the
+   file travels as fetched and the encode worker decodes it) vs ``frontend`` (decoded pixels travel), two
+   frontends on the same workers, fresh 640x480 images (a photo-like JPEG and a PNG): frontend and encoder
+   CPU per image (from /proc), bytes the encoder read per miss (its ``triptych_transfer_bytes_total``), TTFT
+   one at a time, and req/s with ``IN_FLIGHT`` at once.
 1. TTFT with an encoder-cache hit (one image repeated) vs a miss (a fresh image each time), requests one at a
    time, alternating, so drift hits both alike.
 2. Request throughput with one vs two encode workers: image requests (all fresh, so every one is encoded),
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 import statistics
 import tempfile
@@ -34,7 +40,7 @@ from triptych_workers.engines.reference.spec import ReferenceSpec, default_model
 
 from tests.bench.__main__ import machine
 from tests.integration.workers.conftest import NatsServerProcess
-from tests.media_factory import encode_image, gradient_array
+from tests.media_factory import encode_image, gradient_array, noise_array
 from tests.worker_processes import (
     MODEL,
     Proc,
@@ -48,6 +54,7 @@ from tests.worker_processes import (
 DEPLOYMENT = "bench"
 MAX_TOKENS = 4
 TTFT_SAMPLES = 24  # per side
+PLACEMENT_IMAGES = 32  # per placement and image kind
 THROUGHPUT_REQUESTS = 48
 IN_FLIGHT = 16
 TRACE_REQUESTS = 48
@@ -86,6 +93,14 @@ def _unique_png(seed: int, size: tuple[int, int] = (112, 112)) -> bytes:
     pixels = gradient_array(width, height, seed)
     pixels[0, 0] = (seed & 0xFF, (seed >> 8) & 0xFF, (seed >> 16) & 0xFF)
     return encode_image(pixels, "PNG")
+
+
+def _photo_jpeg(seed: int, size: tuple[int, int]) -> bytes:
+    """Something that compresses like a photo (a gradient under fine noise, JPEG quality 90: about 10:1 of
+    its pixels), unlike a pure gradient PNG, which compresses a hundredfold."""
+    width, height = size
+    blend = 0.8 * gradient_array(width, height, seed) + 0.2 * noise_array(width, height, seed)
+    return encode_image(blend.astype("uint8"), "JPEG", quality=90)
 
 
 def _images(first_seed: int, count: int, size: tuple[int, int] = (112, 112)) -> list[Content]:
@@ -177,6 +192,41 @@ def _trace(first_seed: int, rng: random.Random) -> list[Content]:
     return [rng.choice(popular) if rng.random() < 0.5 else next(fresh) for _ in range(TRACE_REQUESTS)]
 
 
+def _cpu_s(procs: Sequence[Proc]) -> float:
+    """User + system CPU seconds the processes have used so far (Linux /proc)."""
+    ticks = 0
+    for proc in procs:
+        with open(f"/proc/{proc.process.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Placement:
+    """One frontend's figures over a batch of fresh images."""
+
+    frontend_cpu_s: float
+    encoder_cpu_s: float
+    bytes_read: float
+    ttfts: list[float]
+    images: int
+
+
+async def _placement(
+    client: openai.AsyncOpenAI, frontend: Proc, encoders: Sequence[Proc], contents: Sequence[Content]
+) -> Placement:
+    """Fresh images one at a time through ``frontend``: CPU and bytes around the batch, and TTFTs."""
+    before = (_cpu_s([frontend]), _cpu_s(encoders), _bytes_read(encoders))
+    ttfts = [await _ttft(client, content) for content in contents]
+    after = (_cpu_s([frontend]), _cpu_s(encoders), _bytes_read(encoders))
+    return Placement(after[0] - before[0], after[1] - before[1], after[2] - before[2], ttfts, len(contents))
+
+
+def _bytes_read(encoders: Sequence[Proc]) -> float:
+    return sum(proc.sample_sum("triptych_transfer_bytes_total") for proc in encoders)
+
+
 def _fmt_ms(values: Sequence[float]) -> str:
     return f"{_quantile(values, 0.5) * 1e3:8.1f} {_quantile(values, 0.99) * 1e3:8.1f}"
 
@@ -238,6 +288,8 @@ async def _run(bench: Bench) -> None:
     await bench.add_encoder(client)
     print(f"E/P/D on 127.0.0.1 up in {time.perf_counter() - started:.1f} s; max_tokens={MAX_TOKENS}")
 
+    await _where_images_are_decoded(bench, client, frontend)
+
     # 1. TTFT, encoder-cache hit vs miss (one encode worker, one request at a time, alternating), for a small
     # image (its pixels ride inside the request) and a large one (its decoded pixels, 900 KB, go over NIXL
     # to the encoder on a miss; a hit is found by hash and reads nothing).
@@ -296,6 +348,54 @@ async def _run(bench: Bench) -> None:
         f"{(statistics.median(aware_run.ttfts) - statistics.median(rr_run.ttfts)) * 1e3:+.1f} ms, "
         f"p99 {(_quantile(aware_run.ttfts, 0.99) - _quantile(rr_run.ttfts, 0.99)) * 1e3:+.1f} ms"
     )
+
+
+async def _where_images_are_decoded(bench: Bench, client: openai.AsyncOpenAI, frontend: Proc) -> None:
+    """0. The default frontend (``decodeImagesOn: encode``) vs one that decodes itself (``frontend``)."""
+    pixels_frontend = bench.start("frontend-pixels", "frontend", "frontend", decodeImagesOn="frontend")
+    await asyncio.to_thread(wait_ready, [pixels_frontend], READY_TIMEOUT_S)
+    pixels_client = _client(pixels_frontend)
+    await _bounded(_drive(pixels_client, _images(9800, 3), 1))  # its first requests wire up its data plane
+    sides = (("encode", client, frontend), ("frontend", pixels_client, pixels_frontend))
+    print(f"\n0. Where images are decoded, {PLACEMENT_IMAGES} fresh 640x480 images each, one at a time")
+    print(
+        f"{'image':6} {'decoded on':10} {'frontend':>9} {'encoder':>9} {'KB read':>8} "
+        f"{'TTFT p50':>9} {'p99 ms':>8}"
+    )
+    print(f"{'':17} {'CPU ms per image':>19} {'per miss':>8}")
+    seeds = iter(range(20000, 30000, 1000))
+    for kind, make in (("JPEG", _photo_jpeg), ("PNG", _unique_png)):
+        measured: dict[str, Placement] = {}
+        for label, side_client, side_frontend in sides:
+            first = next(seeds)
+            batch = [image_content(make(seed, (640, 480))) for seed in range(first, first + PLACEMENT_IMAGES)]
+            measured[label] = await _bounded(_placement(side_client, side_frontend, bench.encoders, batch))
+        for label, m in measured.items():
+            per_image = (m.frontend_cpu_s / m.images * 1e3, m.encoder_cpu_s / m.images * 1e3)
+            print(
+                f"{kind:6} {label:10} {per_image[0]:9.2f} {per_image[1]:9.2f} "
+                f"{m.bytes_read / m.images / 1e3:8.1f} {_fmt_ms(m.ttfts)}"
+            )
+        enc, pix = measured["encode"], measured["frontend"]
+        print(
+            f"{kind}, encode vs frontend: frontend CPU "
+            f"{pix.frontend_cpu_s / max(enc.frontend_cpu_s, 1e-9):.2f}x less, "
+            f"{pix.bytes_read / max(enc.bytes_read, 1.0):.1f}x fewer bytes, TTFT p50 "
+            f"{(statistics.median(enc.ttfts) - statistics.median(pix.ttfts)) * 1e3:+.1f} ms"
+        )
+    rates: dict[str, Run] = {}
+    for label, side_client, _ in sides:
+        first = next(seeds)
+        batch = [
+            image_content(_photo_jpeg(seed, (640, 480))) for seed in range(first, first + THROUGHPUT_REQUESTS)
+        ]
+        rates[label] = await _bounded(_drive(side_client, batch, IN_FLIGHT))
+    for label, run in rates.items():
+        print(
+            f"JPEG, {IN_FLIGHT} in flight, decoded on {label:8}: {run.rate:6.2f} req/s, "
+            f"TTFT {_fmt_ms(run.ttfts)}"
+        )
+    print(f"req/s, encode vs frontend: {rates['encode'].rate / rates['frontend'].rate:.2f}x")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,12 @@ class ServingConfig(_Model):
     engine_threads: Annotated[int | None, Field(ge=1, alias="engineThreads")] = None
     heartbeat_seconds: Annotated[float, Field(gt=0, alias="heartbeatSeconds")] = 1.0
     startup_timeout_seconds: Annotated[float, Field(gt=0, alias="startupTimeoutSeconds")] = 60.0
+    decode_images_on: Annotated[Literal["encode", "frontend"], Field(alias="decodeImagesOn")] = "encode"
+    """Frontend: where images are decoded. ``encode``: the frontend reads only the header (format, pixel
+    limit, size for the prompt) and the file travels as fetched to the worker that encodes it, which decodes
+    it only on an encoder-cache miss; ``frontend``: decoded here, pixels travel. Chosen by measurement
+    (``bench_pipeline``, README). Video and audio are always decoded by the frontend: their placeholder
+    counts depend on the sampled frames and resampled length, which no header gives exactly."""
     encode_routing: Annotated[EncodeRouting, Field(alias="encodeRouting")] = "cache-aware"
     """Frontend: how encode work picks a worker. ``cache-aware`` prefers a worker whose encoder cache holds
     the item, else the least loaded; ``round-robin`` takes the workers in turn (see ``roles/routing.py``)."""

@@ -29,7 +29,7 @@ from triptych_workers.engines.reference.spec import ReferenceSpec, default_model
 
 from tests.integration.workers.conftest import NATS_SERVER_BINARY, NatsServerProcess
 from tests.kube import wait_for
-from tests.media_factory import indexed_video, sine, wav_bytes
+from tests.media_factory import encode_image, indexed_video, noise_array, sine, wav_bytes
 from tests.reference_answers import Answer, greedy_answers, streamed_answer
 from tests.worker_processes import (
     MODEL,
@@ -87,9 +87,11 @@ def nats() -> Iterator[NatsServerProcess]:
         server.stop()
 
 
-def _deploy(tmp: Path, nats: NatsServerProcess, model_dir: Path, mode: str) -> Iterator[Deployment]:
+def _deploy(
+    tmp: Path, nats: NatsServerProcess, model_dir: Path, mode: str, **serving: Any
+) -> Iterator[Deployment]:
     deployment = "d" + "".join(c for c in mode if c.isalpha()).lower()
-    base = base_config(deployment, mode, model_dir, nats.url)
+    base = base_config(deployment, mode, model_dir, nats.url, **serving)
     workers = {
         name: start_role(tmp, f"{deployment}-{name}", role, {**base, "role": k8s_role})
         for (role, k8s_role), name in ((r, r[0]) for r in ROLES_BY_MODE[mode])
@@ -167,17 +169,26 @@ def test_same_tokens_in_every_mode(
             )
 
 
-def test_encoder_cache_hit_reads_no_media(tmp_path: Path, nats: NatsServerProcess, model_dir: Path) -> None:
+@pytest.mark.parametrize("decode_images_on", ["frontend", "encode"])
+def test_encoder_cache_hit_reads_no_media(
+    decode_images_on: str, tmp_path: Path, nats: NatsServerProcess, model_dir: Path
+) -> None:
     """E/PD, the same large image twice: the second request is an encoder-cache hit found by the hash the
     frontend sends, so the encode worker reads the media once in all (its reader-side bytes do not move) and
     tells the frontend to let go of the second copy at once: the frontend holds nothing afterwards, long
-    before the 30 s lease would have freed it."""
+    before the 30 s lease would have freed it. What travels on the miss is the decoded pixels
+    (``decodeImagesOn: frontend``) or the PNG file as fetched (``encode``, the default)."""
     image = png(11, width=320, height=240)  # 230 KB decoded: held under a lease, not inside the descriptor
-    for dep in _deploy(tmp_path, nats, model_dir, "E/PD"):
+    if decode_images_on == "encode":  # the file itself must be too large to ride inside the descriptor
+        image = encode_image(noise_array(320, 240, seed=11), "PNG")
+    for dep in _deploy(tmp_path, nats, model_dir, "E/PD", decodeImagesOn=decode_images_on):
         client, encoder, frontend = dep.client(timeout=60), dep.workers["encode"], dep.frontend
         first = _stream_text(client, image_content(image))
         read_once = encoder.sample_sum("triptych_transfer_bytes_total")
-        assert read_once >= 320 * 240 * 3
+        if decode_images_on == "frontend":
+            assert read_once >= 320 * 240 * 3
+        else:
+            assert read_once == len(image)  # the PNG as fetched, not its pixels
         assert _stream_text(client, image_content(image)) == first
         assert encoder.sample_sum("triptych_transfer_bytes_total") == read_once
         assert encoder.sample_sum("triptych_transfer_discarded_total") == 1
@@ -186,6 +197,26 @@ def test_encoder_cache_hit_reads_no_media(tmp_path: Path, nats: NatsServerProces
             lambda f=frontend: f.sample_sum("triptych_transfer_leased_bytes") == 0 or None,  # type: ignore[misc]
             timeout=5,
         )
+
+
+def test_an_image_corrupt_past_its_header_is_refused_by_the_encoder(
+    tmp_path: Path, nats: NatsServerProcess, model_dir: Path, expected: dict[str, Answer]
+) -> None:
+    """``decodeImagesOn: encode``: the frontend reads only the header, so a PNG whose pixel data is cut off
+    gets past it; the encode worker's decode refuses it, and the client gets the media layer's 422 naming
+    the problem, as when the frontend decodes (not a 500). The worker survives it and serves the next
+    request token-identically."""
+    image = png(13, width=320, height=240)
+    truncated = image[: len(image) // 2]
+    for dep in _deploy(tmp_path, nats, model_dir, "E/P/D"):
+        client = dep.client(timeout=30)
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            _answer(client, image_content(truncated))
+        assert refused.value.code == "media_decode_failed"
+        assert "truncated or corrupt" in refused.value.message
+        encoder = dep.workers["encode"]
+        assert encoder.sample_sum("triptych_requests_total", outcome="client_error") == 1  # refused there
+        assert _answer(client, image_content(png(7))) == expected["image"]
 
 
 def test_sigterm_drains_in_flight_work_while_the_other_worker_takes_new_work(

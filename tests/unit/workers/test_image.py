@@ -21,7 +21,13 @@ from triptych_workers.media.errors import (
     MediaLimitExceeded,
     UnsupportedMediaFormat,
 )
-from triptych_workers.media.image import ImageLimits, decode_image, decode_image_async, sniff_image_format
+from triptych_workers.media.image import (
+    ImageLimits,
+    decode_image,
+    decode_image_async,
+    probe_image,
+    sniff_image_format,
+)
 
 from tests.media_factory import encode_image, gradient_array, noise_array, png_bomb
 from tests.mutations import mutated
@@ -304,3 +310,39 @@ def test_random_and_mutated_bytes_only_raise_media_errors(data: bytes) -> None:
     event("decoded")
     assert image.mode == "RGB"
     assert image.width * image.height <= 1_000_000
+
+
+# -- probe_image: the header alone, for images decoded elsewhere (serving.decodeImagesOn: encode) ------------
+
+
+@pytest.mark.parametrize(("fmt", "save"), ALLOWED, ids=str)
+def test_probe_gives_the_shape_decoding_gives(fmt: str, save: dict[str, Any]) -> None:
+    data = encode_image(noise_array(37, 23), fmt, **save)
+    assert probe_image(data) == np.asarray(decode_image(data)).shape[:2] == (23, 37)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "PNG"])
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_probe_applies_the_exif_orientation_like_the_decode(fmt: str, orientation: int) -> None:
+    data = encode_image(two_colour(), fmt, exif_orientation=orientation, quality=95)
+    height, width = np.asarray(decode_image(data)).shape[:2]
+    assert probe_image(data) == (height, width)
+    assert (height, width) == ((40, 20) if orientation >= 5 else (20, 40))
+
+
+def test_probe_decodes_nothing() -> None:
+    """A file whose pixel data is cut off probes fine (its header is whole) and fails only when decoded."""
+    data = encode_image(noise_array(64, 64), "PNG")
+    truncated = data[: len(data) // 2]
+    assert probe_image(truncated) == (64, 64)
+    with pytest.raises(MediaDecodeError, match="truncated or corrupt"):
+        decode_image(truncated)
+
+
+def test_probe_refuses_what_the_header_shows() -> None:
+    with pytest.raises(UnsupportedMediaFormat, match="GIF"):
+        probe_image(encode_image(gradient_array(8, 8), "GIF"))
+    with pytest.raises(MediaLimitExceeded):
+        probe_image(png_bomb())
+    with pytest.raises(MediaLimitExceeded):
+        probe_image(encode_image(gradient_array(20, 10), "PNG"), ImageLimits(max_pixels=199))

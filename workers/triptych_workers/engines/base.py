@@ -170,6 +170,16 @@ class MediaItem:
     media_hash: str
     data: npt.NDArray[Any]
     sample_rate: int | None = None
+    compressed_shape: tuple[int, ...] | None = None
+    """Set while ``data`` still holds the file as fetched (``uint8[N]``, an image only): the shape its
+    decoded pixels will have, read from the file's header. The encode stage decodes it
+    (``roles.common.CachedEncoder``), so the frontend neither decodes nor ships pixels (see
+    ``serving.decodeImagesOn``); an engine's ``encode`` only ever sees decoded items."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The decoded data's shape, whether or not it is decoded yet (what prompt rendering needs)."""
+        return self.compressed_shape if self.compressed_shape is not None else tuple(self.data.shape)
 
 
 @dataclass(frozen=True, slots=True)

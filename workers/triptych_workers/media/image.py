@@ -46,6 +46,10 @@ _REFUSED_MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
     (b"8BPS", "PSD"),
 )
 
+# EXIF's Orientation tag, and the values that turn the image a quarter (ImageOps.exif_transpose's 5-8).
+_EXIF_ORIENTATION: Final = 0x0112
+_QUARTER_TURNS: Final = frozenset({5, 6, 7, 8})
+
 # What Pillow's decoders raise on truncated or corrupt input. Deliberately a list and not ``Exception``: a
 # TypeError or RuntimeError from our own code is a server bug and must reach the 500 handler, not a 4xx.
 _CORRUPT_INPUT_ERRORS: Final = (
@@ -91,21 +95,15 @@ def sniff_image_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, limits: ImageLimits | None = None) -> Image.Image:
-    """Decode ``data`` into a fully loaded RGB image with its EXIF orientation applied.
-
-    Raises :class:`UnsupportedMediaFormat` for anything but the allowed formats, :class:`MediaLimitExceeded`
-    when the header claims more than ``limits.max_pixels`` pixels (before decoding), and
-    :class:`MediaDecodeError` for truncated or corrupt bytes. Blocking: see :func:`decode_image_async`.
-    """
-    limits = limits or ImageLimits()
+def _open_checked(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str]:
+    """Steps 1 and 2 of the module docstring: the sniffed format allowed, the header parsed, the pixel count
+    within the limit. The image is opened lazily: no pixel is decoded yet."""
     fmt = sniff_image_format(data)
     if fmt is None:
         raise UnsupportedMediaFormat("image bytes are not a recognised image format (JPEG, PNG or WEBP)")
     if fmt not in limits.allowed_formats:
         allowed = ", ".join(sorted(limits.allowed_formats))
         raise UnsupportedMediaFormat(f"image format {fmt} is not allowed (allowed: {allowed})")
-
     try:
         # Header only: Image.open is lazy. ``formats`` pins the plugin to the sniffed one.
         image = Image.open(io.BytesIO(data), formats=[fmt])
@@ -113,13 +111,46 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> Image.Image:
         raise MediaLimitExceeded(f"image dimensions exceed the decompression-bomb limit: {exc}") from exc
     except _CORRUPT_INPUT_ERRORS as exc:
         raise MediaDecodeError(f"{fmt} image header could not be parsed: {_describe(exc)}") from exc
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        image.close()
+        raise MediaLimitExceeded(
+            f"image is {width}x{height} = {width * height} pixels, above the limit of {limits.max_pixels}"
+        )
+    return image, fmt
 
+
+def probe_image(data: bytes, limits: ImageLimits | None = None) -> tuple[int, int]:
+    """``(height, width)`` of the image :func:`decode_image` would return, from the header alone.
+
+    The same refusals as :func:`decode_image` up to the header (format, pixel limit), and the EXIF
+    orientation applied to the size (a quarter turn swaps the sides), but no pixel decoded: what a caller
+    needs to plan for an image that is decoded somewhere else. Bytes corrupt past the header are only found
+    by the decode. Cheap enough for the event loop (microseconds for a PNG, a JPEG's EXIF block at most).
+    """
+    image, fmt = _open_checked(data, limits or ImageLimits())
     with image:
         width, height = image.size
-        if width * height > limits.max_pixels:
-            raise MediaLimitExceeded(
-                f"image is {width}x{height} = {width * height} pixels, above the limit of {limits.max_pixels}"
-            )
+        try:
+            # Pillow's base getexif reads what the header parse gathered (EXIF, XMP orientation); the PNG
+            # plugin's override would decode the whole image to look for chunks after the pixel data. An
+            # orientation only found there makes the decode disagree with this size, which the decoding
+            # side refuses (a 400), never a wrong prompt.
+            orientation = Image.Image.getexif(image).get(_EXIF_ORIENTATION, 1)
+        except _CORRUPT_INPUT_ERRORS as exc:
+            raise MediaDecodeError(f"{fmt} image metadata could not be parsed: {_describe(exc)}") from exc
+    return (width, height) if orientation in _QUARTER_TURNS else (height, width)
+
+
+def decode_image(data: bytes, limits: ImageLimits | None = None) -> Image.Image:
+    """Decode ``data`` into a fully loaded RGB image with its EXIF orientation applied.
+
+    Raises :class:`UnsupportedMediaFormat` for anything but the allowed formats, :class:`MediaLimitExceeded`
+    when the header claims more than ``limits.max_pixels`` pixels (before decoding), and
+    :class:`MediaDecodeError` for truncated or corrupt bytes. Blocking: see :func:`decode_image_async`.
+    """
+    image, fmt = _open_checked(data, limits or ImageLimits())
+    with image:
         try:
             image.load()
             upright = ImageOps.exif_transpose(image)

@@ -10,6 +10,7 @@ import json
 from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from triptych_workers.cache import EncoderCache, EncoderCacheStats
@@ -18,11 +19,13 @@ from triptych_workers.engines.base import (
     EncodeRequest,
     Engine,
     EngineError,
+    InvalidEngineInputError,
     MediaItem,
     PlaceholderSpan,
     TensorBuffer,
 )
 from triptych_workers.errors import ClientError
+from triptych_workers.media.image import decode_image
 from triptych_workers.roles.messages import EncodedRef, ErrorMessage, MediaRef, SpanMessage, TensorRef
 from triptych_workers.transport import TransferDescriptor, TransferPlane
 
@@ -43,8 +46,7 @@ class CachedEncoder:
         """Embeddings for media already in this process (the aggregated, in-process pipeline)."""
 
         async def compute() -> EncodedItem:
-            (encoded,) = await self._engine.encode([EncodeRequest(item, span)])
-            return encoded
+            return await self._encode(item, span)
 
         return self._placed(await self.cache.get_or_compute(item.media_hash, compute), span)
 
@@ -59,8 +61,7 @@ class CachedEncoder:
             nonlocal fetched
             item, _ = await fetch_media(plane, ref, timeout_s=timeout_s)
             fetched = True
-            (encoded,) = await self._engine.encode([EncodeRequest(item, span)])
-            return encoded
+            return await self._encode(item, span)
 
         try:
             encoded = await self.cache.get_or_compute(ref.media_hash, compute)
@@ -68,6 +69,13 @@ class CachedEncoder:
             if not fetched:
                 await plane.discard(TransferDescriptor.from_json(ref.data.descriptor))
         return self._placed(encoded, span)
+
+    async def _encode(self, item: MediaItem, span: PlaceholderSpan) -> EncodedItem:
+        """A miss: decode the item if it came as fetched (only here, so a hit never decodes), then encode."""
+        if item.compressed_shape is not None:
+            item = await asyncio.to_thread(decode_compressed, item)
+        (encoded,) = await self._engine.encode([EncodeRequest(item, span)])
+        return encoded
 
     @staticmethod
     def _placed(encoded: EncodedItem, span: PlaceholderSpan) -> EncodedItem:
@@ -82,6 +90,20 @@ class CachedEncoder:
 
 
 Plane = TransferPlane
+
+
+def decode_compressed(item: MediaItem) -> MediaItem:
+    """The decoded form of an item that travelled as fetched (blocking: run it off the event loop). Its
+    pixels must have the shape the frontend planned the prompt with, from the header."""
+    if item.modality != "image":
+        raise InvalidEngineInputError(f"{item.modality} cannot travel undecoded", param="messages")
+    pixels = np.asarray(decode_image(item.data.tobytes()), dtype=np.uint8)
+    if pixels.shape != item.compressed_shape:
+        raise InvalidEngineInputError(
+            f"the image decodes to {pixels.shape}, not the {item.compressed_shape} its header said",
+            param="messages",
+        )
+    return MediaItem(item.modality, item.media_hash, pixels)
 
 
 async def publish_tensor(plane: Plane, buffer: TensorBuffer) -> TensorRef:
@@ -103,13 +125,15 @@ async def publish_media(plane: Plane, item: MediaItem, span: PlaceholderSpan) ->
         media_hash=item.media_hash,
         data=data,
         sample_rate=item.sample_rate,
+        compressed_shape=item.compressed_shape,
         span=SpanMessage.of(span),
     )
 
 
 async def fetch_media(plane: Plane, ref: MediaRef, *, timeout_s: float) -> tuple[MediaItem, PlaceholderSpan]:
     buffer = await fetch_tensor(plane, ref.data, timeout_s=timeout_s)
-    return MediaItem(ref.modality, ref.media_hash, buffer.array(), ref.sample_rate), ref.span.unit()
+    item = MediaItem(ref.modality, ref.media_hash, buffer.array(), ref.sample_rate, ref.compressed_shape)
+    return item, ref.span.unit()
 
 
 async def publish_encoded(plane: Plane, item: EncodedItem) -> EncodedRef:

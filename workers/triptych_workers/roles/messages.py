@@ -64,13 +64,15 @@ class SpanMessage(Message):
 
 
 class MediaRef(Message):
-    """A decoded media item (``MediaItem.data`` published as a tensor) and the span it fills."""
+    """A media item (``MediaItem.data`` published as a tensor) and the span it fills: decoded, or the file
+    as fetched with the shape its decoding gives (``compressed_shape``)."""
 
     kind: Literal["media"] = "media"
     modality: Modality
     media_hash: str
     data: TensorRef
     sample_rate: int | None = None
+    compressed_shape: tuple[int, ...] | None = None
     span: SpanMessage
 
 

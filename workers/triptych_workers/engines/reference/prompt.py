@@ -72,15 +72,15 @@ class ReferencePrompter:
         """(temporal, height, width) in patches, as the processor will produce them."""
         spec = self.spec
         if item.modality == "image":
-            if item.data.ndim != 3:
+            if len(item.shape) != 3:
                 raise InvalidEngineInputError("an image must be an HxWx3 array", param="messages")
-            frames, height, width = 1, int(item.data.shape[0]), int(item.data.shape[1])
+            frames, height, width = 1, int(item.shape[0]), int(item.shape[1])
         elif item.modality == "video":
-            if item.data.ndim != 4 or item.data.shape[0] < 1:
+            if len(item.shape) != 4 or item.shape[0] < 1:
                 raise InvalidEngineInputError(
                     "a video must be a TxHxWx3 array with at least one frame", param="messages"
                 )
-            frames, height, width = (int(d) for d in item.data.shape[:3])
+            frames, height, width = (int(d) for d in item.shape[:3])
         else:
             raise InvalidEngineInputError(f"{item.modality} has no vision grid", param="messages")
         rh, rw = smart_resize(
@@ -98,14 +98,14 @@ class ReferencePrompter:
     def placeholder_count(self, item: MediaItem) -> int:
         """How many placeholder tokens ``item`` fills."""
         if item.modality == "audio":
-            if item.data.ndim != 1:
+            if len(item.shape) != 1:
                 raise InvalidEngineInputError("audio must be a mono 1-D waveform", param="messages")
             if item.sample_rate != self.spec.audio_sample_rate:
                 raise InvalidEngineInputError(
                     f"audio must be resampled to {self.spec.audio_sample_rate} Hz, got {item.sample_rate}",
                     param="messages",
                 )
-            return self.audio_frames(int(item.data.shape[0])) // self.spec.audio_frames_per_token
+            return self.audio_frames(int(item.shape[0])) // self.spec.audio_frames_per_token
         grid_t, grid_h, grid_w = self.vision_grid(item)
         return grid_t * grid_h * grid_w // self.spec.merge_size**2
 

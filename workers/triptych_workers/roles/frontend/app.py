@@ -55,7 +55,8 @@ def create_app(
             max_workers=config.serving.media_decode_threads, thread_name_prefix="media-decode"
         ) as executor:
             async with MediaConnector(config.media) as connector:
-                loader.append(MediaLoader(connector, executor, frozenset(config.modalities)))
+                decode_images = config.serving.decode_images_on == "frontend"
+                loader.append(MediaLoader(connector, executor, frozenset(config.modalities), decode_images))
                 try:
                     yield
                 finally:

@@ -1,7 +1,10 @@
-"""A request's media parts, loaded: fetched (``MediaConnector``), hashed, decoded off the event loop.
+"""A request's media parts, loaded: fetched (``MediaConnector``), hashed, decoded off the event loop --
+or, for images under ``serving.decodeImagesOn: encode`` (the default), only probed.
 
 The hash is BLAKE3 over the bytes as fetched (or the client's uuid), taken before decoding, so the encode
-pool's cache keys do not depend on how a decoder behaves. The connector and the decode thread pool belong
+pool's cache keys do not depend on how a decoder behaves. A probed image is refused here for everything its
+header shows (format, pixel limit) and travels as fetched, with the shape decoding will give; the worker
+that encodes it decodes it only on an encoder-cache miss. The connector and the decode thread pool belong
 to the app's lifespan (``app.py``), not to this module.
 """
 
@@ -18,7 +21,7 @@ from triptych_workers.engines.base import MediaItem, UnsupportedModalityError
 from triptych_workers.hashing import hash_media
 from triptych_workers.media.audio import AudioOptions, decode_audio_async
 from triptych_workers.media.connector import MediaConnector
-from triptych_workers.media.image import decode_image_async
+from triptych_workers.media.image import decode_image_async, probe_image
 from triptych_workers.media.video import decode_video_async
 from triptych_workers.protocol import AudioURLPart, ImageURLPart, InputAudioPart, MediaPart, VideoURLPart
 from triptych_workers.roles.common import gather_or_cancel
@@ -45,6 +48,7 @@ class MediaLoader:
     connector: MediaConnector
     executor: ThreadPoolExecutor
     modalities: frozenset[str]
+    decode_images: bool = False  # False: probe images, leave decoding to the encode stage
 
     async def load(self, parts: Sequence[MediaPart]) -> list[MediaItem]:
         return await gather_or_cancel([self._load_one(p, f"media[{i}]") for i, p in enumerate(parts)])
@@ -55,6 +59,10 @@ class MediaLoader:
             raise UnsupportedModalityError(f"this deployment does not serve {modality} input", param=where)
         fetched = await self.connector.fetch(url, modality=modality)
         media_hash = hash_media(fetched.data, uuid=part.uuid).hex
+        if modality == "image" and not self.decode_images:
+            height, width = probe_image(fetched.data)
+            data = np.frombuffer(fetched.data, dtype=np.uint8)
+            return MediaItem("image", media_hash, data, compressed_shape=(height, width, 3))
         if modality == "image":
             image = await decode_image_async(fetched.data, executor=self.executor)
             return MediaItem("image", media_hash, np.asarray(image, dtype=np.uint8))
