@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,11 @@ def base_config(deployment: str, mode: str, model_dir: Path, nats_url: str, **se
     }
 
 
-def start_role(tmp: Path, name: str, role: str, config: dict[str, Any]) -> Proc:
-    """Write ``config`` (with free ports) under ``tmp`` and start the role process on 127.0.0.1."""
+def start_role(
+    tmp: Path, name: str, role: str, config: dict[str, Any], env: Mapping[str, str] | None = None
+) -> Proc:
+    """Write ``config`` (with free ports) under ``tmp`` and start the role process on 127.0.0.1, with
+    ``env`` added to this process's environment (what a pod spec's env would set)."""
     metrics_port, http_port = free_port(), free_port()
     config = {**config, "ports": {"http": http_port, "metrics": metrics_port}}
     path = tmp / f"{name}.yaml"
@@ -108,7 +112,7 @@ def start_role(tmp: Path, name: str, role: str, config: dict[str, Any]) -> Proc:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})},
         )
     return Proc(name, process, metrics_port, log, http_port)
 

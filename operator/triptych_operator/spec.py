@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic.alias_generators import to_camel
-from triptych_contract import ROLES, Backend, Modality
+from triptych_contract import BYTES_PER_MB, ROLES, Backend, EncodeRouting, ImageDecodePlace, Modality
 
 Role = Literal["frontend", "encode", "prefill", "decode"]
 WorkerRoleName = Literal["encode", "prefill", "decode"]
@@ -161,7 +161,8 @@ class MediaSpec(ApiModel):
     max_file_size_mb: int = Field(
         default=50,
         alias="maxFileSizeMB",
-        description="Largest media file accepted, in MB (10^6 bytes); larger downloads are cut off and refused.",  # noqa: E501
+        description=f"Largest media file accepted, in MB ({BYTES_PER_MB:,} bytes each); larger downloads are "
+        "cut off and refused.",
         ge=1,
         le=2048,
     )
@@ -185,6 +186,21 @@ class MediaSpec(ApiModel):
         default=False,
         description="Allow fetching from private, loopback, link-local and other non-public addresses "
         "(SSRF risk: only for trusted clients).",
+    )
+
+
+class ServingSpec(ApiModel):
+    """How the frontend serves requests (written into every role's worker configuration)."""
+
+    encode_routing: EncodeRouting = Field(
+        default="cache-aware",
+        description="How the frontend picks an encode worker for a media item: cache-aware (a worker whose "
+        "encoder cache holds the item, else the least loaded) or round-robin.",
+    )
+    decode_images_on: ImageDecodePlace = Field(
+        default="encode",
+        description="Where images are decoded: encode (the frontend checks the header only and sends the "
+        "file as fetched; the encode stage decodes it on a cache miss) or frontend (decoded pixels travel).",
     )
 
 
@@ -620,6 +636,9 @@ class MultimodalDeploymentSpec(ApiModel):
     )
     media: MediaSpec = Field(
         default_factory=MediaSpec, description=MediaSpec.__doc__ or "", json_schema_extra={"default": {}}
+    )
+    serving: ServingSpec = Field(
+        default_factory=ServingSpec, description=ServingSpec.__doc__ or "", json_schema_extra={"default": {}}
     )
     encoder_cache: EncoderCacheSpec = Field(
         default_factory=EncoderCacheSpec,

@@ -83,3 +83,14 @@ METRIC_DATA_PLANE: Final = "triptych_data_plane_info"
 METRIC_TRANSPORT_DEGRADED: Final = "triptych_transport_degraded"
 # Requests a worker turned away because its local queue was full (labels: role, deployment).
 METRIC_REQUESTS_REJECTED: Final = "triptych_requests_rejected_total"
+
+# The unit of spec.media.maxFileSizeMB (and every "MB" of a media limit): SI megabytes, 10^6 bytes, as the
+# CRD documents. The operator writes the number through; the media connector multiplies by this.
+BYTES_PER_MB: Final = 1_000_000
+
+# spec.serving, as the operator writes it into every role's worker configuration (`serving` block):
+# how the frontend picks an encode worker, and where images are decoded.
+ENCODE_ROUTING_POLICIES: Final = ("cache-aware", "round-robin")
+EncodeRouting = Literal["cache-aware", "round-robin"]
+IMAGE_DECODE_PLACES: Final = ("encode", "frontend")
+ImageDecodePlace = Literal["encode", "frontend"]

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from triptych_contract import HTTP_PORT, METRICS_PORT, Backend, Modality
+from triptych_contract import HTTP_PORT, METRICS_PORT, Backend, EncodeRouting, ImageDecodePlace, Modality
 
 from triptych_workers.errors import TriptychError
 from triptych_workers.media.connector import FetchPolicy
@@ -25,7 +25,6 @@ from triptych_workers.media.connector import FetchPolicy
 RoleName = Literal["frontend", "encode", "prefill", "decode", "pd", "epd"]
 Stage = Literal["encode", "prefill", "decode"]
 Mode = Literal["E/P/D", "E/PD", "EP/D", "EPD"]
-EncodeRouting = Literal["cache-aware", "round-robin"]
 ROLE_NAMES: tuple[RoleName, ...] = ("frontend", "encode", "prefill", "decode", "pd", "epd")
 
 # The stages each CLI role performs when the file does not say (the aggregated forms fold the others in).
@@ -85,7 +84,7 @@ class ServingConfig(_Model):
     engine_threads: Annotated[int | None, Field(ge=1, alias="engineThreads")] = None
     heartbeat_seconds: Annotated[float, Field(gt=0, alias="heartbeatSeconds")] = 1.0
     startup_timeout_seconds: Annotated[float, Field(gt=0, alias="startupTimeoutSeconds")] = 60.0
-    decode_images_on: Annotated[Literal["encode", "frontend"], Field(alias="decodeImagesOn")] = "encode"
+    decode_images_on: Annotated[ImageDecodePlace, Field(alias="decodeImagesOn")] = "encode"
     """Frontend: where images are decoded. ``encode``: the frontend reads only the header (format, pixel
     limit, size for the prompt) and the file travels as fetched to the worker that encodes it, which decodes
     it only on an encoder-cache miss; ``frontend``: decoded here, pixels travel. Chosen by measurement

@@ -74,9 +74,11 @@ def _metadata(
 
 
 def worker_config(
-    name: str, namespace: str, spec: MultimodalDeploymentSpec, role: Role, nats_url: str
+    name: str, namespace: str, spec: MultimodalDeploymentSpec, role: Role, nats_url: str, *, rdma: bool
 ) -> dict[str, Any]:
-    """What `triptych-worker` reads from CONFIG_PATH (camelCase keys, like the CRD's)."""
+    """What `triptych-worker` reads from CONFIG_PATH (camelCase keys, like the CRD's). `rdma`: the role's
+    pods are given RDMA (`uses_rdma`), which the worker checks UCX actually uses (its degraded-transport
+    metric, `triptych_transport_degraded`)."""
     profile = profile_for(spec.backend)
     src = spec.model.source
     source: dict[str, Any] = {"hub": spec.model.name}
@@ -92,6 +94,7 @@ def worker_config(
         "model": {"name": spec.model.name, "source": source, "path": profile.model_ref(spec)},
         "modalities": list(spec.modalities),
         "media": spec.media.model_dump(by_alias=True),
+        "serving": spec.serving.model_dump(by_alias=True),
         "encoderCache": {
             "capacity": str(spec.encoder_cache.capacity),
             "capacityBytes": int(parse_quantity(spec.encoder_cache.capacity)),
@@ -99,6 +102,7 @@ def worker_config(
         "peers": {r: service_host(name, r, namespace) for r in spec.present_roles()},
         "ports": {"http": HTTP_PORT, "metrics": METRICS_PORT, "engine": ENGINE_PORT},
         "nats": {"url": nats_url},
+        "dataPlane": {"requestedTransport": "rdma" if rdma else "tcp"},
     }
     cfg.update(profile.worker_config(spec, role))
     return cfg
@@ -112,14 +116,13 @@ def build_config_map(  # noqa: PLR0917 - the builders' uniform (name, namespace,
     role: Role,
     settings: OperatorSettings,
     engine: EngineCommand | None,
+    *,
+    rdma: bool,
 ) -> dict[str, Any]:
     """The role's ConfigMap: `config.yaml` for triptych-worker, plus the engine's files (TRT-LLM's
     engine.yaml). `engine` is the profile's engine command for the role, computed once by the caller."""
-    data = {
-        CONFIG_FILE: yaml.safe_dump(
-            worker_config(name, namespace, spec, role, settings.nats_url), sort_keys=True
-        )
-    }
+    config = worker_config(name, namespace, spec, role, settings.nats_url, rdma=rdma)
+    data = {CONFIG_FILE: yaml.safe_dump(config, sort_keys=True)}
     if engine is not None:
         data.update(engine.files)
     return {
@@ -171,6 +174,14 @@ def _worker_env(name: str, namespace: str, role: Role, nats_url: str) -> list[di
         {"name": ENV_POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": ENV_NATS_URL, "value": nats_url},
     ]
+
+
+def uses_rdma(spec: MultimodalDeploymentSpec, role: Role, *, rdma_available: bool) -> bool:
+    """Whether the role's pods move data over RDMA: GPU worker roles, when the spec asks for it or
+    (`auto`) some node advertises the RDMA resource."""
+    transport = spec.networking.transport
+    gpu = role != "frontend" and spec.uses_gpus
+    return gpu and (transport == "rdma" or (transport == "auto" and rdma_available))
 
 
 def _ucx_env(spec: MultimodalDeploymentSpec, rdma: bool) -> list[dict[str, Any]]:
@@ -256,8 +267,7 @@ def _pod_context(
         raise ValueError(f"role {role} is not present")
     worker = spec.worker(role) if role != "frontend" else None
     gpu = worker is not None and spec.uses_gpus
-    transport = spec.networking.transport
-    rdma = gpu and (transport == "rdma" or (transport == "auto" and rdma_available))
+    rdma = uses_rdma(spec, role, rdma_available=rdma_available)
     backend_image = role_spec.image or settings.image_for(spec.backend)
     image = backend_image
     if role == "frontend" and role_spec.image is None and settings.frontend_image is not None:
@@ -369,7 +379,8 @@ def build_role(  # noqa: PLR0917 - the builders' uniform (name, namespace, uid, 
 ) -> list[dict[str, Any]]:
     """One role's ConfigMap, Service and Deployment; the engine command and the config hash built once."""
     engine = profile_for(spec.backend).engine(spec, role)
-    config_map = build_config_map(name, namespace, uid, spec, role, settings, engine)
+    rdma = uses_rdma(spec, role, rdma_available=rdma_available)
+    config_map = build_config_map(name, namespace, uid, spec, role, settings, engine, rdma=rdma)
     deployment = build_deployment(
         name,
         namespace,

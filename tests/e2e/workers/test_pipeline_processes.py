@@ -21,6 +21,11 @@ from typing import Any
 
 import openai
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from triptych_operator.builders import build_role
+from triptych_operator.settings import OperatorSettings
+from triptych_operator.spec import parse_spec
 
 pytest.importorskip("torch")
 
@@ -332,3 +337,57 @@ def test_killed_encoder_and_nats_restart(tmp_path: Path, nats: NatsServerProcess
         assert time.monotonic() - started < 25
         # Text-only requests skip encode and still work.
         assert _stream_text(client, "Hello, world! How are you today?")
+
+
+@pytest.mark.parametrize(
+    ("ucx_overrides", "degraded"),
+    [
+        ({"UCX_TLS": "tcp"}, ("rdma", "tcp", "ucx_tls_excludes_rdma")),  # a RoCE profile pinned to TCP
+        (None, None),  # transport tcp: nothing was asked that UCX could fail to give
+    ],
+)
+def test_a_requested_rdma_that_ucx_cannot_use_is_flagged(
+    tmp_path: Path,
+    nats: NatsServerProcess,
+    model_dir: Path,
+    ucx_overrides: dict[str, str] | None,
+    degraded: tuple[str, str, str] | None,
+) -> None:
+    """The operator writes what each role was given (`dataPlane.requestedTransport`) and UCX's environment
+    (into the engine and its sidecar alike); the worker checks one against the other at start-up. Here the
+    requested transport and the UCX environment are exactly what the operator generates for a vLLM decode
+    pod (RDMA requested, the user's `rdma.ucx` pinning `UCX_TLS=tcp`; or plain `transport: tcp`), handed to
+    a real worker process (the reference engine: a vLLM engine cannot run here); its `/metrics` carries
+    `triptych_transport_degraded 1` with the reason, or only 0."""
+    networking: dict[str, Any] = {"transport": "tcp"}
+    if ucx_overrides is not None:
+        networking = {"transport": "rdma", "rdma": {"resource": "rdma/ib", "count": 1, "ucx": ucx_overrides}}
+    spec = parse_spec(
+        {"backend": "vllm", "model": {"name": "m"}, "networking": networking, "roles": {"decode": {}}}
+    )
+    children = build_role("d", "ns", "u", spec, "decode", OperatorSettings.from_env({}), rdma_available=False)
+    config_map, deployment = children[0], children[2]
+    data_plane = yaml.safe_load(config_map["data"]["config.yaml"])["dataPlane"]
+    sidecar = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "worker")
+    ucx_env = {e["name"]: e["value"] for e in sidecar["env"] if e["name"].startswith("UCX_")}
+    config = {
+        **base_config("dtransport", "EPD", model_dir, nats.url),
+        "role": "decode",
+        "dataPlane": data_plane,
+    }
+    worker = start_role(tmp_path, "dtransport-epd", "epd", config, env=ucx_env)
+    try:
+        wait_ready([worker])
+        samples = {
+            (s.labels["requested"], s.labels["effective"], s.labels["reason"]): s.value
+            for family in text_string_to_metric_families(worker.metrics())
+            for s in family.samples
+            if s.name == "triptych_transport_degraded"
+        }
+    finally:
+        stop_procs([worker])
+    if degraded is None:
+        assert {labels[0] for labels in samples} == {"tcp"}
+        assert set(samples.values()) == {0.0}
+    else:
+        assert samples[degraded] == 1.0

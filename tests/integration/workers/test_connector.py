@@ -32,7 +32,7 @@ pytestmark = pytest.mark.timeout(60)
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 120
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 120
-MB = 1024 * 1024
+MB = 10**6  # the unit of maxFileSizeMB (the CRD says 10^6 bytes); written out here, not imported
 
 
 def loopback_policy(**overrides: object) -> FetchPolicy:
@@ -224,6 +224,21 @@ async def test_declared_oversize_is_refused_before_reading(http_server: Loopback
     async with MediaConnector(loopback_policy()) as connector:
         with pytest.raises(MediaTooLarge, match="declares"):
             await connector.fetch(http_server.url("/big.wav"), modality="audio")
+
+
+@pytest.mark.parametrize(("size", "accepted"), [(MB, True), (MB + 1, False)])
+async def test_max_file_size_mb_is_megabytes_of_ten_to_the_sixth(
+    http_server: LoopbackHTTPServer, size: int, accepted: bool
+) -> None:
+    """maxFileSizeMB: 1 takes exactly 1,000,000 bytes and refuses one more (the CRD's unit, not MiB)."""
+    http_server.routes["/exact"] = lambda ctx: ctx.send(200, b"\x00" * size, "application/octet-stream")
+    async with MediaConnector(loopback_policy()) as connector:
+        assert loopback_policy().max_file_size_mb == 1
+        if accepted:
+            assert len((await connector.fetch(http_server.url("/exact"), modality="video")).data) == size
+        else:
+            with pytest.raises(MediaTooLarge):
+                await connector.fetch(http_server.url("/exact"), modality="video")
 
 
 async def test_per_modality_cap_is_tighter_than_the_global_one(http_server: LoopbackHTTPServer) -> None:

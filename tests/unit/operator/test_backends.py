@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, get_args
 
 import pytest
+import yaml
 from triptych_contract import Backend
 from triptych_operator.builders import build_role
 from triptych_operator.builders.backends import PROFILES, profile_for
@@ -117,8 +118,10 @@ def test_engine_server_worker_pod_is_engine_plus_sidecar(backend: str) -> None:
     assert sidecar["command"] == ["triptych-worker", "decode", "--config", "/etc/triptych/config.yaml"]
     assert _names(sidecar["volumeMounts"]) == ["config"]
     assert sidecar["resources"] == SIDECAR_RESOURCES
-    assert "UCX_TLS" not in {e["name"] for e in sidecar["env"]}  # NIXL runs in the engine
-    assert "UCX_TLS" in {e["name"] for e in engine["env"]}
+    # The sidecar sees the engine's UCX settings: it reports whether they allow what was requested.
+    ucx = {e["name"]: e["value"] for e in engine["env"] if e["name"].startswith("UCX_")}
+    assert ucx == {"UCX_TLS": "tcp,cuda_copy"}
+    assert {e["name"]: e["value"] for e in sidecar["env"] if e["name"].startswith("UCX_")} == ucx
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
@@ -172,3 +175,20 @@ def test_trtllm_options_travel_in_the_configmap() -> None:
         0
     ]
     assert engine["command"][-2:] == ["--config", "/etc/triptych/engine.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("transport", "rdma_available", "requested"),
+    [("rdma", False, "rdma"), ("auto", True, "rdma"), ("auto", False, "tcp"), ("tcp", True, "tcp")],
+)
+def test_the_requested_transport_is_written_for_the_worker_to_check(
+    transport: str, rdma_available: bool, requested: str
+) -> None:
+    """What the worker compares UCX's choice against (its degraded-transport metric)."""
+    rdma = {"resource": "rdma/ib", "count": 1} if transport == "rdma" else None
+    networking = {"transport": transport, **({"rdma": rdma} if rdma else {})}
+    spec = _spec("vllm", networking=networking, roles={"prefill": {}, "decode": {}})
+    for role in ("frontend", "prefill", "decode"):
+        children = build_role("d", "ns", "u", spec, role, SETTINGS, rdma_available=rdma_available)
+        config = yaml.safe_load(next(c for c in children if c["kind"] == "ConfigMap")["data"]["config.yaml"])
+        assert config["dataPlane"] == {"requestedTransport": "tcp" if role == "frontend" else requested}

@@ -376,3 +376,15 @@ def test_worker_config_is_what_the_workers_read(example: Path) -> None:
         media = resource.media
         assert config.media.allow_private_networks is media.allow_private_networks
         assert list(config.media.allowed_domains) == list(media.allowed_domains)
+
+
+def test_the_serving_block_reaches_every_role() -> None:
+    """spec.serving is the API for the frontend's routing policy and image placement (README): every role's
+    config carries it, and the workers read it as their ServingConfig."""
+    worker_config_model = pytest.importorskip("triptych_workers.config").WorkerConfig
+    spec = _spec("reference", roles={"encode": {}, "decode": {}}, serving={"encodeRouting": "round-robin"})
+    for child in build_children("demo", "ns", "u1", spec, SETTINGS):
+        if child["kind"] == "ConfigMap":
+            config = worker_config_model.model_validate(yaml.safe_load(child["data"]["config.yaml"]))
+            assert config.serving.encode_routing == "round-robin"
+            assert config.serving.decode_images_on == "encode"  # the default, written out

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from typing import get_args
 
-from triptych_contract import BACKENDS, MODALITIES, Backend, Modality
+from triptych_contract import (
+    BACKENDS,
+    ENCODE_ROUTING_POLICIES,
+    IMAGE_DECODE_PLACES,
+    MODALITIES,
+    Backend,
+    EncodeRouting,
+    ImageDecodePlace,
+    Modality,
+)
 
 
 def test_backend_literal_matches_backends() -> None:
@@ -14,3 +23,8 @@ def test_backend_literal_matches_backends() -> None:
 
 def test_modality_literal_matches_modalities() -> None:
     assert get_args(Modality) == MODALITIES
+
+
+def test_serving_literals_match_their_tuples() -> None:
+    assert get_args(EncodeRouting) == ENCODE_ROUTING_POLICIES
+    assert get_args(ImageDecodePlace) == IMAGE_DECODE_PLACES

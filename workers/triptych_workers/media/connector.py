@@ -20,7 +20,7 @@ from typing import Annotated, Literal, Self
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
-from triptych_contract import Modality
+from triptych_contract import BYTES_PER_MB, Modality
 
 from triptych_workers.media.connector_local import media_type_fits, parse_data_url, read_jailed_file
 from triptych_workers.media.connector_transport import GuardedTransport
@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 Source = Literal["http", "data", "file"]
 
-MB = 1024 * 1024
+MB = BYTES_PER_MB  # maxFileSizeMB and the per-modality caps are SI megabytes (the CRD says so)
+MIB = 1024 * 1024
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _MAX_URL_CHARS_WITHOUT_DATA = 8192
 
@@ -90,7 +91,7 @@ class FetchPolicy(BaseModel):
     max_keepalive_connections: Annotated[int, Field(ge=0)] = 20
     keepalive_expiry_seconds: PositiveFloat = 60
     max_concurrent_fetches: Annotated[int, Field(gt=0)] = 50
-    cache_max_bytes: Annotated[int, Field(ge=0)] = 256 * MB
+    cache_max_bytes: Annotated[int, Field(ge=0)] = 256 * MIB
     cache_max_entries: Annotated[int, Field(ge=0)] = 512
     max_data_url_chars: Annotated[int, Field(gt=0)] | None = None
     """Default: what a base64 payload of the modality's byte cap needs."""

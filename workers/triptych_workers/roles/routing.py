@@ -24,7 +24,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from triptych_workers.config import EncodeRouting
+from triptych_contract import EncodeRouting
 
 
 class EncodeWorkerView(Protocol):

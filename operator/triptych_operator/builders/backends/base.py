@@ -282,7 +282,9 @@ def engine_server_parts(ctx: PodContext, engine: EngineCommand, extra_mounts: Se
     if ctx.rdma:
         container["securityContext"] = {"capabilities": {"add": ["IPC_LOCK"]}}
     sidecar = _worker_base(ctx)  # the config is its only mount: the engine holds the data
-    sidecar["env"] = list(ctx.worker_env)
+    # UCX's settings too: the sidecar reports whether they let the pod's transfers use RDMA
+    # (triptych_transport_degraded), so it must see what the engine sees.
+    sidecar["env"] = [dict(e) for e in (*ctx.worker_env, *ctx.network_env)]  # copies: no shared objects
     sidecar["resources"] = SIDECAR_RESOURCES
     return [container, sidecar]
 
