@@ -29,8 +29,12 @@ class Answer:
     prompt_token_ids: list[int]  # the rendered prompt, media placeholders expanded
 
 
-def greedy_answers(model_dir: Path, requests: Mapping[str, Request], *, max_tokens: int) -> dict[str, Answer]:
-    """Each request's greedy answer (temperature 0, ``max_tokens``), by the request's key."""
+def greedy_answers(
+    model_dir: Path, requests: Mapping[str, Request], *, max_tokens: int, **sampling: Any
+) -> dict[str, Answer]:
+    """Each request's greedy answer (temperature 0, ``max_tokens``, any other ``SamplingParams`` fields in
+    ``sampling``), by the request's key."""
+    params = SamplingParams(max_tokens=max_tokens, **sampling)
 
     async def run() -> dict[str, Answer]:
         engine = await ReferenceEngine.load(model_dir, num_threads=1)
@@ -44,9 +48,7 @@ def greedy_answers(model_dir: Path, requests: Mapping[str, Request], *, max_toke
                 encoded = await engine.encode(
                     [EncodeRequest(m, s) for m, s in zip(media, prompt.spans, strict=True)]
                 )
-                steps = [
-                    s async for s in engine.generate(prompt, encoded, SamplingParams(max_tokens=max_tokens))
-                ]
+                steps = [s async for s in engine.generate(prompt, encoded, params)]
                 out[key] = Answer(
                     "".join(s.text for s in steps), [s.token_id for s in steps], list(prompt.token_ids)
                 )
@@ -58,18 +60,25 @@ def greedy_answers(model_dir: Path, requests: Mapping[str, Request], *, max_toke
 
 
 def streamed_answer(
-    client: openai.OpenAI, model: str, content: Any, *, max_tokens: int, ignore_eos: bool = False
+    client: openai.OpenAI,
+    model: str,
+    content: Any,
+    *,
+    max_tokens: int,
+    ignore_eos: bool = False,
+    sampling: Mapping[str, Any] | None = None,
 ) -> Answer:
     """The same greedy request through an OpenAI-compatible server, streamed, with vLLM's
     ``return_token_ids`` so the generated and the prompt's token ids can be compared, not just the text
-    (and ``ignore_eos``, for an answer of exactly ``max_tokens`` tokens)."""
+    (and ``ignore_eos``, for an answer of exactly ``max_tokens`` tokens; ``sampling``: more request fields,
+    as the client writes them, e.g. ``{"logit_bias": {"7": 100}}``)."""
     stream = client.chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": content}],
         stream=True,
         temperature=0,
         max_tokens=max_tokens,
-        extra_body={"return_token_ids": True, "ignore_eos": ignore_eos},
+        extra_body={"return_token_ids": True, "ignore_eos": ignore_eos, **(sampling or {})},
     )
     text: list[str] = []
     token_ids: list[int] = []

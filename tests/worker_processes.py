@@ -49,12 +49,16 @@ class Proc:
 
     def sample_sum(self, name: str, **labels: str) -> float:
         """The sum of ``name``'s samples whose labels include ``labels`` (0.0 when there is none)."""
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(self.metrics())
-            for sample in family.samples
-            if sample.name == name and labels.items() <= sample.labels.items()
-        )
+        return self.sample_sums([name], **labels)[name]
+
+    def sample_sums(self, names: list[str], **labels: str) -> dict[str, float]:
+        """``sample_sum`` of each of ``names``, all from one scrape (so they describe the same moment)."""
+        sums = dict.fromkeys(names, 0.0)
+        for family in text_string_to_metric_families(self.metrics()):
+            for sample in family.samples:
+                if sample.name in sums and labels.items() <= sample.labels.items():
+                    sums[sample.name] += sample.value
+        return sums
 
     def ready(self) -> bool:
         try:

@@ -158,6 +158,20 @@ class MediaSpec(ApiModel):
     """How the frontend fetches media (image_url, video_url, audio_url parts). Safe by default: public
     http(s) hosts only, no local files."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            cel(
+                # has(): the API server checks the `{}` default against rules without nested defaults.
+                "(!has(self.allowedLocalMediaPath) || self.allowedLocalMediaPath == '') == "
+                "!has(self.localMediaPVC)",
+                "media.allowedLocalMediaPath and media.localMediaPVC go together: the PVC is mounted "
+                "read-only at that path in the frontend, the only place file:// URLs can read",
+                field_path=".localMediaPVC",
+                reason="FieldValueRequired",
+            )
+        )
+    )
+
     max_file_size_mb: int = Field(
         default=50,
         alias="maxFileSizeMB",
@@ -186,6 +200,15 @@ class MediaSpec(ApiModel):
         default=False,
         description="Allow fetching from private, loopback, link-local and other non-public addresses "
         "(SSRF risk: only for trusted clients).",
+    )
+    local_media_pvc: str | None = Field(
+        default=None,
+        alias="localMediaPVC",
+        description="PersistentVolumeClaim (same namespace) holding the files file:// URLs may read: mounted "
+        "read-only at allowedLocalMediaPath in the frontend's pods. Set both or neither.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
     )
 
 
@@ -915,6 +938,10 @@ def validate_spec(  # noqa: PLR0912 - a flat list of independent checks
                 out.append(Violation("spec.model.source.path", "needs model.source.pvc"))
             if ".." in src.path.split("/"):
                 out.append(Violation("spec.model.source.path", "must not contain '..' segments"))
+    if (spec.media.allowed_local_media_path == "") != (spec.media.local_media_pvc is None):
+        out.append(
+            Violation("spec.media.localMediaPVC", "goes together with media.allowedLocalMediaPath (set both)")
+        )
     if len(set(spec.modalities)) != len(spec.modalities):
         out.append(Violation("spec.modalities", "duplicate entries"))
     _check_quantity("spec.encoderCache.capacity", spec.encoder_cache.capacity, out)

@@ -45,7 +45,8 @@ class _EncoderCacheCollector(Collector):
         stats = self._stats()
         utilization = GaugeMetricFamily(
             METRIC_ENCODER_CACHE_UTILIZATION,
-            "Bytes held by the encoder cache over its capacity (0 when the cache is off)",
+            "Bytes of embeddings stored in the encoder cache (the sum of its entries' sizes) over its "
+            "capacity (encoderCache.capacityBytes); 0..1, 0 when the cache is off (capacity 0)",
             labels=["role", "deployment"],
         )
         utilization.add_metric(self._labels, stats.utilization)
@@ -98,7 +99,9 @@ class WorkerMetrics:
         )
         self._kv = Gauge(
             METRIC_KV_CACHE_UTILIZATION,
-            "KV-cache tokens held by running requests over the tokens this worker can hold",
+            "KV-cache tokens held by the requests this worker is generating for (each holds its prompt, then "
+            "every token before the newest one it has sent) over the most it can hold (serving.concurrency x "
+            "the model's context length); 0..1, always 0 on workers that do not decode",
             labels,
             registry=self.registry,
         )
@@ -106,6 +109,7 @@ class WorkerMetrics:
         # Every series exists from the start, so a scrape before the first request sees zeros, not gaps.
         self.in_flight.set(0)
         self.queue_depth.set(0)
+        self.set_kv_utilization(0.0)
         for outcome in ("ok", "client_error", "error", "timeout", "cancelled", "busy"):
             self._requests.labels(role, deployment, outcome)
 

@@ -93,7 +93,8 @@ def worker_config(
         "mode": spec.mode,
         "model": {"name": spec.model.name, "source": source, "path": profile.model_ref(spec)},
         "modalities": list(spec.modalities),
-        "media": spec.media.model_dump(by_alias=True),
+        # What the frontend's fetcher reads; the PVC is the operator's to mount, not the fetcher's business.
+        "media": spec.media.model_dump(by_alias=True, exclude={"local_media_pvc"}),
         "serving": spec.serving.model_dump(by_alias=True),
         "encoderCache": {
             "capacity": str(spec.encoder_cache.capacity),
@@ -275,6 +276,10 @@ def _pod_context(
     mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
     if worker is not None:
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})  # noqa: S108
+    if role == "frontend" and spec.media.local_media_pvc is not None:
+        mounts.append(
+            {"name": "local-media", "mountPath": spec.media.allowed_local_media_path, "readOnly": True}
+        )
     return PodContext(
         spec=spec,
         role=role,
@@ -333,6 +338,9 @@ def build_deployment(  # noqa: PLR0917 - the builders' uniform (name, namespace,
     if ctx.worker is not None:
         shm = settings.shm_sizes[spec.backend]
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
+    if role == "frontend" and spec.media.local_media_pvc is not None:
+        claim = {"claimName": spec.media.local_media_pvc, "readOnly": True}
+        volumes.append({"name": "local-media", "persistentVolumeClaim": claim})
     pod: dict[str, Any] = {
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30 if role == "frontend" else 60,

@@ -1,6 +1,6 @@
-"""Reconcile one MultimodalDeployment: read it, build the desired children (pure), apply them
-(server-side), compute status (pure), write it when it changed. The kopf handlers in
-`handlers/__init__.py` only call in here.
+"""Reconcile one MultimodalDeployment: read it (through `kube`), ask the planner (`plan.py`, pure) what to
+apply, prune and write, and carry that out (server-side apply, deletes, a status patch only when it
+changed, the Events the planner lists). The kopf handlers in `handlers/__init__.py` only call in here.
 
 Two entry points share one per-object gate, so one object is never reconciled twice at once:
 

@@ -1,5 +1,11 @@
 """The operator running in the local cluster from its image (installed by the chart), end to end.
 
+Every test here but the invalid corpus (refused by the API server itself) is named `test_kwok_plumbing_*`:
+it checks the operator's plumbing (children, status, drift, scaling, rollouts, HA) with pods on kwok's fake
+nodes, where no container runs, so Ready means "scheduled and reported", never "serving". Serving is tested
+by tests/e2e/pipeline (the reference backend's pods on the real node) and tests/e2e/workers (the role
+processes).
+
 Every wait has a deadline; each test has its own namespace. GPU roles land on the kwok nodes; roles that
 would run on the real node (frontends, the reference backend) are pinned to kwok nodes too: these tests are
 about reconciling, and kwok pods are Ready at once (see conftest.on_kwok). The reference examples run for
@@ -104,7 +110,7 @@ def test_invalid_corpus_is_refused_by_the_api_server(operator: Kube, namespace: 
 
 
 @pytest.mark.parametrize("example", GPU_EXAMPLES, ids=[p.stem for p in GPU_EXAMPLES])
-def test_gpu_example_becomes_ready(operator: Kube, namespace: str, example: Path) -> None:
+def test_kwok_plumbing_gpu_example_becomes_ready(operator: Kube, namespace: str, example: Path) -> None:
     obj = on_kwok(yaml.safe_load(example.read_text()), namespace)
     name = obj["metadata"]["name"]
     if "pvc" in json.dumps(obj["spec"]["model"]):
@@ -144,7 +150,7 @@ def test_gpu_example_becomes_ready(operator: Kube, namespace: str, example: Path
 # ------------------------------------------------------------------------------------------------ (c)
 
 
-def test_drift_is_repaired(operator: Kube, namespace: str) -> None:
+def test_kwok_plumbing_drift_is_repaired(operator: Kube, namespace: str) -> None:
     operator.apply(small("drift", namespace))
     wait_ready(operator, namespace, "drift")
     before = children(operator, namespace, "drift")
@@ -172,7 +178,7 @@ def test_drift_is_repaired(operator: Kube, namespace: str) -> None:
 # ------------------------------------------------------------------------------------------------ (d)
 
 
-def test_scaling_one_role_changes_only_its_deployment(operator: Kube, namespace: str) -> None:
+def test_kwok_plumbing_scaling_one_role_changes_only_its_deployment(operator: Kube, namespace: str) -> None:
     obj = small("scale", namespace)
     obj["spec"]["roles"]["encode"] = dict(obj["spec"]["roles"]["frontend"])
     obj["spec"]["roles"]["prefill"] = dict(obj["spec"]["roles"]["frontend"])
@@ -214,7 +220,9 @@ def _written_by_operator(meta: dict[str, Any]) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------ (e)
 
 
-def test_model_change_rolls_pods_and_reports_reconciling(operator: Kube, namespace: str) -> None:
+def test_kwok_plumbing_model_change_rolls_pods_and_reports_reconciling(
+    operator: Kube, namespace: str
+) -> None:
     obj = small("roll", namespace)
     obj["spec"]["roles"]["decode"]["replicas"] = 3
     operator.apply(obj)
@@ -277,7 +285,7 @@ def _json_stream(text: str) -> Iterator[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------ (f)
 
 
-def test_missing_gpu_product_stalls(operator: Kube, namespace: str) -> None:
+def test_kwok_plumbing_missing_gpu_product_stalls(operator: Kube, namespace: str) -> None:
     obj = on_kwok(
         {
             "apiVersion": "triptych.dev/v1alpha1",
@@ -310,7 +318,7 @@ def test_missing_gpu_product_stalls(operator: Kube, namespace: str) -> None:
 # ------------------------------------------------------------------------------------------------ (g)
 
 
-def test_operator_restart_mid_rollout_converges(operator: Kube, namespace: str) -> None:
+def test_kwok_plumbing_operator_restart_mid_rollout_converges(operator: Kube, namespace: str) -> None:
     names = [f"restart-{i}" for i in range(5)]
     objs = [small(n, namespace) for n in names]
     operator.apply(*objs)
@@ -345,7 +353,7 @@ def _assert_children_unduplicated(
         assert refs[0]["uid"] in owners, item["metadata"]["name"]
 
 
-def test_operator_survives_an_api_server_restart(operator: Kube, namespace: str) -> None:
+def test_kwok_plumbing_operator_survives_an_api_server_restart(operator: Kube, namespace: str) -> None:
     """The API server goes away for 10 s and comes back under the running operator (`hack/cluster
     restart-apiserver`): its watches break and must come back by themselves. The same operator process (no
     container restart) then reconciles a change to an existing object and a new one."""
@@ -386,12 +394,15 @@ def _log_lines(kube: Kube, pod: str) -> list[str]:
     return kube.run("-n", OPERATOR_NS, "logs", pod).stdout.splitlines()
 
 
-def test_standby_replica_takes_over_when_the_working_one_goes(operator: Kube, namespace: str) -> None:
+def test_kwok_plumbing_standby_replica_takes_over_when_the_working_one_goes(
+    operator: Kube, namespace: str
+) -> None:
     """Two operator replicas: kopf peering lets the higher-priority one work while the other stands by (kopf
     logs only transitions, so a standby that started paused says nothing until it takes over). When the
-    working pod is deleted, it removes its peering record on the way out; the standby resumes (and says so)
-    well before the Deployment's replacement pod has started, reconciles what is applied next, and nothing
-    is duplicated. The chart's single replica is restored afterwards."""
+    working pod is deleted, it removes its peering record on the way out; the highest-ranked live replica
+    then works (the standby resumes and says so, unless the Deployment's replacement pod outranks it),
+    what is applied next is reconciled, and nothing is duplicated. The chart's single replica is restored
+    afterwards."""
     deployment = "deployment/triptych-operator"
     operator.run("-n", OPERATOR_NS, "scale", deployment, "--replicas=2")
     try:
@@ -418,7 +429,21 @@ def test_standby_replica_takes_over_when_the_working_one_goes(operator: Kube, na
         # A standby that started first worked until the other joined: count, do not just look.
         resumed_before = resumed()
         operator.run("-n", OPERATOR_NS, "delete", "pod", working, "--wait=false")
-        wait_for("the standby to resume", lambda: resumed() > resumed_before or None, timeout=60)
+
+        def taken_over() -> str | None:
+            """Who works now: the standby, once it says it resumed, if it is the highest-ranked live peer;
+            or the Deployment's replacement pod, if it registered with a higher priority before the standby
+            saw the deleted pod's record go (it then works from its start, and the standby rightly stays
+            paused). Deterministic either way: whichever live peer ranks highest must be working."""
+            live = _peers(operator)
+            if working in live or not live:
+                return None  # the deleted pod's record is not gone yet
+            top = max(live, key=lambda peer: live[peer])
+            if top == standby:
+                return "standby" if resumed() > resumed_before else None
+            return "replacement"
+
+        wait_for("the highest-ranked live replica to take over", taken_over, timeout=60)
         operator.apply(small("after-failover", namespace))
         wait_ready(operator, namespace, "while-two", "after-failover")
         _assert_children_unduplicated(
@@ -434,7 +459,7 @@ def test_standby_replica_takes_over_when_the_working_one_goes(operator: Kube, na
 # ------------------------------------------------------------------------------------------------ (h)
 
 
-def test_one_hundred_at_once(operator: Kube, namespace: str) -> None:
+def test_kwok_plumbing_one_hundred_at_once(operator: Kube, namespace: str) -> None:
     names = [f"bulk-{i:03d}" for i in range(100)]
     started = time.monotonic()
     operator.apply(*[small(n, namespace) for n in names])

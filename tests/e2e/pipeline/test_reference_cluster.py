@@ -17,6 +17,7 @@ import base64
 import re
 import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -244,10 +245,63 @@ def _serves_and_metrics_move(
 # ------------------------------------------------------------------------------------------------ tests
 
 
-def test_epd_aggregated(kube: Kube, namespace: str, expected: dict[str, Answer]) -> None:
+LOCAL_MEDIA = """
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {pv}}}
+spec:
+  capacity: {{storage: 1Mi}}
+  accessModes: [ReadOnlyMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  claimRef: {{namespace: {namespace}, name: photos}}
+  hostPath: {{path: {path}, type: Directory}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: photos, namespace: {namespace}}}
+spec:
+  accessModes: [ReadOnlyMany]
+  storageClassName: ""
+  volumeName: {pv}
+  resources: {{requests: {{storage: 1Mi}}}}
+"""
+
+
+@contextmanager
+def local_media(kube: Kube, namespace: str, files: dict[str, bytes]) -> Iterator[None]:
+    """A PVC `photos` bound to a hostPath PV on the real node (this machine) holding `files`."""
+    with tempfile.TemporaryDirectory(prefix="triptych-media-") as tmp:
+        folder = Path(tmp)
+        folder.chmod(0o755)  # the frontend's process must be able to read it, whatever its user
+        for file, data in files.items():
+            (folder / file).write_bytes(data)
+            (folder / file).chmod(0o644)
+        pv = f"{namespace}-photos"
+        kube.run("apply", "-f", "-", stdin=LOCAL_MEDIA.format(pv=pv, namespace=namespace, path=folder))
+        try:
+            yield
+        finally:
+            kube.run("delete", "pv", pv, "--wait=false", check=False)
+
+
+def test_epd_aggregated_with_local_media(kube: Kube, namespace: str, expected: dict[str, Answer]) -> None:
+    """EPD, with file:// media from a PVC the operator mounts read-only at media.allowedLocalMediaPath in
+    the frontend: a file there gives the answer its bytes give as a data URL; a path outside is refused."""
     obj = _example("reference-aggregated.yaml", namespace)
-    with deployed(kube, obj) as name, frontend(kube, namespace, name) as client:
+    obj["spec"]["media"] = {"allowedLocalMediaPath": "/media", "localMediaPVC": "photos"}
+    photo = _png(5)
+    with (
+        local_media(kube, namespace, {"photo.png": photo}),
+        deployed(kube, obj) as name,
+        frontend(kube, namespace, name) as client,
+    ):
         _serves_and_metrics_move(kube, namespace, name, "EPD", client, expected=expected)
+        by_file = _answer(client, _image_content("file:///media/photo.png"))
+        assert by_file == _answer(client, _image_content(_data_url(photo)))
+        error = _refused(client, "file:///etc/hostname")
+        assert error.status_code == 403, error.message
+        assert _refused(client, "file:///media/absent.png").status_code in (403, 404, 422)
 
 
 MEDIA_SERVER = """

@@ -1,8 +1,10 @@
 """The role processes for real: a nats-server on 127.0.0.1 and ``python -m triptych_workers.main <role>``
 processes in E/P/D, E/PD and EPD modes, driven by the official ``openai`` client.
 
-Proves: the same greedy request gives the same tokens in every mode and equals one in-process engine;
-images (data URL), video and audio travel the whole path; metrics move; killing an encode worker gives the
+Proves: the same greedy request gives the same tokens in every mode and equals one in-process engine, with
+sampling penalties too (their token history crosses the split); images (data URL), video and audio travel
+the whole path; metrics move, and the cache utilizations the autoscaler reads are exact under known load;
+killing an encode worker gives the
 client an error within the deadline, never a hang; restarting NATS recovers without restarting workers; a
 worker told to stop (SIGTERM) drains: it finishes the answer it is streaming while the other takes new work.
 """
@@ -29,7 +31,11 @@ from triptych_operator.spec import parse_spec
 
 pytest.importorskip("torch")
 
+import numpy as np
+from triptych_contract import METRIC_ITL, METRIC_TTFT
+from triptych_workers.engines.base import MediaItem
 from triptych_workers.engines.reference.model_dir import prepare_model
+from triptych_workers.engines.reference.prompt import ReferencePrompter
 from triptych_workers.engines.reference.spec import ReferenceSpec, default_model_dir
 
 from tests.integration.workers.conftest import NATS_SERVER_BINARY, NatsServerProcess
@@ -54,6 +60,9 @@ pytestmark = [
 ]
 
 MAX_TOKENS = 12
+TEXT = "Hello, world! How are you today?"
+# Penalties over the prompt and the tokens generated so far: prefill samples the first token, decode the rest.
+PENALTIES = {"repetition_penalty": 1.5, "presence_penalty": 1.0}
 LONG_TOKENS = 2500  # about 10 s of decoding for the tiny model on one thread: long enough to stop mid-answer
 ROLES_BY_MODE = {
     "E/P/D": [("encode", "encode"), ("prefill", "prefill"), ("decode", "decode")],
@@ -93,10 +102,18 @@ def nats() -> Iterator[NatsServerProcess]:
 
 
 def _deploy(
-    tmp: Path, nats: NatsServerProcess, model_dir: Path, mode: str, **serving: Any
+    tmp: Path,
+    nats: NatsServerProcess,
+    model_dir: Path,
+    mode: str,
+    *,
+    encoder_cache_bytes: int | None = None,
+    **serving: Any,
 ) -> Iterator[Deployment]:
     deployment = "d" + "".join(c for c in mode if c.isalpha()).lower()
     base = base_config(deployment, mode, model_dir, nats.url, **serving)
+    if encoder_cache_bytes is not None:
+        base["encoderCache"] = {"capacity": str(encoder_cache_bytes), "capacityBytes": encoder_cache_bytes}
     workers = {
         name: start_role(tmp, f"{deployment}-{name}", role, {**base, "role": k8s_role})
         for (role, k8s_role), name in ((r, r[0]) for r in ROLES_BY_MODE[mode])
@@ -110,8 +127,32 @@ def _deploy(
         stop_procs(procs)
 
 
-def _answer(client: openai.OpenAI, content: Any, max_tokens: int = MAX_TOKENS) -> Answer:
-    return streamed_answer(client, MODEL, content, max_tokens=max_tokens)
+def _answer(
+    client: openai.OpenAI, content: Any, max_tokens: int = MAX_TOKENS, sampling: dict[str, Any] | None = None
+) -> Answer:
+    return streamed_answer(client, MODEL, content, max_tokens=max_tokens, sampling=sampling)
+
+
+def _long_answer_in_background(
+    client: openai.OpenAI, max_tokens: int
+) -> tuple[threading.Thread, list[Answer | BaseException]]:
+    """A text answer of exactly ``max_tokens`` tokens (``ignore_eos``), streamed by a thread that is already
+    running; the list receives its ``Answer``, or what it raised (for the caller's assertions)."""
+    outcome: list[Answer | BaseException] = []
+
+    def stream() -> None:
+        try:
+            outcome.append(
+                streamed_answer(
+                    client, MODEL, "Tell me a long story.", max_tokens=max_tokens, ignore_eos=True
+                )
+            )
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    return thread, outcome
 
 
 def _stream_text(client: openai.OpenAI, content: Any, max_tokens: int = MAX_TOKENS) -> str:
@@ -120,11 +161,14 @@ def _stream_text(client: openai.OpenAI, content: Any, max_tokens: int = MAX_TOKE
 
 @pytest.fixture(scope="module")
 def expected(model_dir: Path) -> dict[str, Answer]:
-    return greedy_answers(
+    answers = greedy_answers(
         model_dir,
-        {"text": ("Hello, world! How are you today?", []), "image": (image_content(png(7)), [png(7)])},
+        {"text": (TEXT, []), "image": (image_content(png(7)), [png(7)])},
         max_tokens=MAX_TOKENS,
     )
+    penalised = greedy_answers(model_dir, {"penalised": (TEXT, [])}, max_tokens=MAX_TOKENS, **PENALTIES)
+    assert penalised["penalised"].token_ids != answers["text"].token_ids  # the penalties matter here
+    return {**answers, **penalised}
 
 
 @pytest.mark.parametrize("mode", ["EPD", "E/PD", "E/P/D"])
@@ -134,7 +178,8 @@ def test_same_tokens_in_every_mode(
     for dep in _deploy(tmp_path, nats, model_dir, mode):
         client = dep.client(timeout=30)
         # Token-identical: the generated ids and the prompt's (placeholders expanded), not just the text.
-        assert _answer(client, "Hello, world! How are you today?") == expected["text"]
+        assert _answer(client, TEXT) == expected["text"]
+        assert _answer(client, TEXT, sampling=PENALTIES) == expected["penalised"]
         assert _answer(client, image_content(png(7))) == expected["image"]
         assert _answer(client, image_content(png(7))) == expected["image"]  # an encoder-cache hit
         video = "data:video/mp4;base64," + base64.b64encode(indexed_video(6, width=64, height=48)).decode()
@@ -146,15 +191,15 @@ def test_same_tokens_in_every_mode(
         _stream_text(client, [{"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}}])
         # Metrics moved on the frontend and on the worker that encodes.
         deployment = dep.frontend.name.rsplit("-", 1)[0]
-        ok = f'triptych_requests_total{{deployment="{deployment}",outcome="ok",role="frontend"}} 5.0'
+        ok = f'triptych_requests_total{{deployment="{deployment}",outcome="ok",role="frontend"}} 6.0'
         assert ok in dep.frontend.metrics()
-        # Every request succeeded, so the worker that decoded them counts 5 ok and none cancelled (the
+        # Every request succeeded, so the worker that decoded them counts 6 ok and none cancelled (the
         # frontend reads each reply stream to its end before it lets go, rather than cancelling at the
         # last token).
         decoder = dep.workers.get("decode") or dep.workers.get("pd") or dep.workers["epd"]
         wait_for(
-            "the decoding worker to count 5 ok",
-            lambda d=decoder: d.sample_sum("triptych_requests_total", outcome="ok") == 5 or None,  # type: ignore[misc]
+            "the decoding worker to count 6 ok",
+            lambda d=decoder: d.sample_sum("triptych_requests_total", outcome="ok") == 6 or None,  # type: ignore[misc]
             timeout=5,
             interval=0.05,
         )
@@ -204,6 +249,69 @@ def test_encoder_cache_hit_reads_no_media(
         )
 
 
+KV_TOKENS = 800  # a few seconds of decoding: long enough for several scrapes mid-answer
+
+
+def test_cache_utilizations_are_exact_under_known_load(
+    tmp_path: Path, nats: NatsServerProcess, model_dir: Path
+) -> None:
+    """What the autoscaler acts on, read from real ``/metrics`` under known load (E/P/D).
+
+    Encoder cache, sized for two and a half images' embeddings: after one and two distinct images it holds
+    exactly that many embeddings' bytes over its capacity; a third evicts the oldest and stays within it; a
+    repeat is a hit that changes nothing. KV: while a long answer streams on the decode worker, every scrape
+    shows exactly (prompt tokens + tokens sent before the newest) / (concurrency x context length), the
+    tokens sent being the same scrape's TTFT and inter-token-latency counts; 0 again once it is done."""
+    spec = ReferenceSpec()
+    prompter = ReferencePrompter(model_dir)
+    images = [png(seed) for seed in (21, 22, 23)]  # the same size, so the same embedding size
+    item = MediaItem("image", "x" * 64, np.zeros((48, 64, 3), dtype=np.uint8))
+    embedding_bytes = prompter.placeholder_count(item) * spec.hidden_size * 4  # float32 rows
+    capacity = 2 * embedding_bytes + embedding_bytes // 2
+    utilization, evictions = "triptych_encoder_cache_utilization", "triptych_encoder_cache_evictions_total"
+    kv, ttft, itl = "triptych_kv_cache_utilization", f"{METRIC_TTFT}_count", f"{METRIC_ITL}_count"
+    for dep in _deploy(tmp_path, nats, model_dir, "E/P/D", encoder_cache_bytes=capacity):
+        client, encoder, decoder = dep.client(timeout=60), dep.workers["encode"], dep.workers["decode"]
+        assert encoder.sample_sum(utilization) == 0
+        for count, image in enumerate([*images, images[2]], start=1):
+            _stream_text(client, image_content(image))
+            held = min(count, 2) * embedding_bytes
+            assert encoder.sample_sums([utilization, evictions]) == {
+                utilization: held / capacity,
+                evictions: 1 if count > 2 else 0,
+            }
+        assert encoder.sample_sum(utilization) <= 1
+
+        assert (
+            'triptych_kv_cache_utilization{deployment="depd",role="prefill"} 0.0'
+            in dep.workers["prefill"].metrics()
+        )  # the series exists, at 0, where nothing decodes
+        before = decoder.sample_sums([kv, ttft, itl])
+        assert before[kv] == 0
+        thread, answers = _long_answer_in_background(client, KV_TOKENS)
+        mid_answer: list[tuple[float, float]] = []  # (utilization, tokens sent after the first)
+        while thread.is_alive():  # the client's timeout bounds it
+            now = decoder.sample_sums([kv, ttft, itl])
+            sent_after_first = now[itl] - before[itl]
+            if now[ttft] > before[ttft] and sent_after_first < KV_TOKENS - 1:
+                mid_answer.append((now[kv], sent_after_first))
+            time.sleep(0.05)
+        thread.join(timeout=5)
+        (answer,) = answers
+        assert isinstance(answer, Answer), answer
+        assert len(answer.token_ids) == KV_TOKENS
+        assert len(mid_answer) >= 3, mid_answer
+        kv_capacity = 1 * spec.max_position_embeddings  # serving.concurrency x max_model_len
+        prompt_len = len(answer.prompt_token_ids)
+        assert [u for u, _ in mid_answer] == [(prompt_len + n) / kv_capacity for _, n in mid_answer]
+        wait_for(
+            "the decode worker to hold no KV",
+            lambda d=decoder: d.sample_sum(kv) == 0 or None,  # type: ignore[misc]
+            timeout=5,
+            interval=0.05,
+        )
+
+
 def test_an_image_corrupt_past_its_header_is_refused_by_the_encoder(
     tmp_path: Path, nats: NatsServerProcess, model_dir: Path, expected: dict[str, Answer]
 ) -> None:
@@ -239,20 +347,7 @@ def test_sigterm_drains_in_flight_work_while_the_other_worker_takes_new_work(
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{frontend.http_port}/v1", api_key="unused", max_retries=0, timeout=60
         )
-        long_answer: list[Answer | BaseException] = []
-
-        def stream_long() -> None:
-            try:
-                long_answer.append(
-                    streamed_answer(
-                        client, MODEL, "Tell me a long story.", max_tokens=LONG_TOKENS, ignore_eos=True
-                    )
-                )
-            except BaseException as exc:  # reported by the assertions below
-                long_answer.append(exc)
-
-        thread = threading.Thread(target=stream_long)
-        thread.start()
+        thread, long_answer = _long_answer_in_background(client, LONG_TOKENS)
         busy = wait_for(
             "one worker streaming the long answer",
             lambda: next(
@@ -268,7 +363,7 @@ def test_sigterm_drains_in_flight_work_while_the_other_worker_takes_new_work(
             "the stopping worker to go not-ready", lambda: not busy.ready() or None, timeout=5, interval=0.05
         )
         assert busy.process.poll() is None, "the worker exited before its in-flight answer was done"
-        assert _stream_text(client, "Hello, world! How are you today?")
+        assert _stream_text(client, TEXT)
         wait_for(  # the worker counts a request once its last reply has gone out: a moment after the client
             "the other worker to have served it",
             lambda: (
@@ -298,7 +393,7 @@ def test_killed_encoder_and_nats_restart(tmp_path: Path, nats: NatsServerProcess
         deadline = time.monotonic() + 30
         while True:
             try:
-                assert _stream_text(client, "Hello, world! How are you today?")
+                assert _stream_text(client, TEXT)
                 break
             except openai.APIError:
                 assert time.monotonic() < deadline, "service did not recover after the NATS restart"
@@ -336,7 +431,7 @@ def test_killed_encoder_and_nats_restart(tmp_path: Path, nats: NatsServerProcess
             _stream_text(client, image_content(png(13)))
         assert time.monotonic() - started < 25
         # Text-only requests skip encode and still work.
-        assert _stream_text(client, "Hello, world! How are you today?")
+        assert _stream_text(client, TEXT)
 
 
 @pytest.mark.parametrize(

@@ -220,6 +220,44 @@ def test_return_token_ids_gives_the_engines_exact_tokens(served: Served) -> None
     assert len(completion["choices"][0]["token_ids"]) == completion["usage"]["completion_tokens"]
 
 
+def test_sampling_parameters_take_effect_and_out_of_range_is_a_400(served: Served) -> None:
+    """vLLM's sampling fields reach the engine through the HTTP API (the same tokens as the engine given
+    them directly, and not the plain greedy ones), and a value out of range is a 400 naming the field, from
+    the protocol's ranges or, for a token id outside the vocabulary, from the engine."""
+    text = "Hello, world! How are you today?"
+    client = served.client()
+    plain = greedy_answers(served.model_dir, {"t": (text, [])}, max_tokens=8)["t"]
+    cases: list[tuple[dict[str, Any], dict[str, Any]]] = [
+        ({"logit_bias": {"7": 100}}, {"logit_bias": ((7, 100.0),)}),
+        (
+            {"repetition_penalty": 1.5, "presence_penalty": 1.0},
+            {"repetition_penalty": 1.5, "presence_penalty": 1.0},
+        ),
+    ]
+    for request_fields, engine_fields in cases:
+        expected = greedy_answers(served.model_dir, {"t": (text, [])}, max_tokens=8, **engine_fields)["t"]
+        assert expected.token_ids != plain.token_ids
+        assert streamed_answer(client, MODEL, text, max_tokens=8, sampling=request_fields) == expected
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({"top_k": -2}, "top_k"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -3}, "frequency_penalty"),
+        ({"logit_bias": {"5": 101}}, "logit_bias.5"),
+        ({"logit_bias": {"five": 1}}, "logit_bias"),
+        ({"logit_bias": {"512": 1}}, "logit_bias"),  # the tiny model's vocabulary is 512 tokens
+    ]
+    for fields, param in refused:
+        response = httpx.post(
+            f"{served.api}/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 2, **fields},
+            timeout=30,
+        )
+        assert response.status_code == 400, (fields, response.text)
+        assert response.json()["error"]["param"] == param, fields
+
+
 def test_image_data_url_and_encoder_cache_hit(served: Served) -> None:
     client = served.client()
     content = [

@@ -388,3 +388,26 @@ def test_the_serving_block_reaches_every_role() -> None:
             config = worker_config_model.model_validate(yaml.safe_load(child["data"]["config.yaml"]))
             assert config.serving.encode_routing == "round-robin"
             assert config.serving.decode_images_on == "encode"  # the default, written out
+
+
+def test_local_media_pvc_is_mounted_read_only_in_the_frontend_only() -> None:
+    media = {"allowedLocalMediaPath": "/media", "localMediaPVC": "photos"}
+    spec = _spec("reference", roles={"encode": {}, "decode": {}}, media=media)
+    children = build_children("demo", "ns", "u1", spec, SETTINGS)
+    for dep in (c for c in children if c["kind"] == "Deployment"):
+        pod = dep["spec"]["template"]["spec"]
+        has_volume = {
+            "name": "local-media",
+            "persistentVolumeClaim": {"claimName": "photos", "readOnly": True},
+        }
+        mount = {"name": "local-media", "mountPath": "/media", "readOnly": True}
+        if dep["metadata"]["name"] == "demo-frontend":
+            assert has_volume in pod["volumes"]
+            assert mount in _container(dep, "worker")["volumeMounts"]
+        else:  # only the frontend fetches media
+            assert "local-media" not in {v["name"] for v in pod["volumes"]}
+    frontend_config = yaml.safe_load(
+        next(c for c in children if c["kind"] == "ConfigMap")["data"]["config.yaml"]
+    )
+    assert frontend_config["media"]["allowedLocalMediaPath"] == "/media"
+    assert "localMediaPVC" not in frontend_config["media"]  # the operator's to mount, not the fetcher's

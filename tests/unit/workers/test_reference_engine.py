@@ -28,6 +28,7 @@ from triptych_workers.engines.base import (  # noqa: E402
     EncodedItem,
     EncodeRequest,
     Engine,
+    EngineError,
     InvalidEngineInputError,
     MediaItem,
     ModelDirError,
@@ -38,7 +39,11 @@ from triptych_workers.engines.base import (  # noqa: E402
     TensorBuffer,
 )
 from triptych_workers.engines.reference import prepare  # noqa: E402
-from triptych_workers.engines.reference.engine import ReferenceEngine, ReferenceModel  # noqa: E402
+from triptych_workers.engines.reference.engine import (  # noqa: E402
+    ReferenceEngine,
+    ReferenceModel,
+    TokenSampler,
+)
 from triptych_workers.engines.reference.model_dir import prepare_model  # noqa: E402
 from triptych_workers.engines.reference.spec import MANIFEST, ReferenceSpec, default_model_dir  # noqa: E402
 from triptych_workers.engines.text import IncrementalDetokenizer  # noqa: E402
@@ -250,6 +255,128 @@ def test_stop_string_cuts_the_output(model: ReferenceModel) -> None:
     assert steps[-1].finish_reason == "stop"
     assert len(steps) < len(free)
     assert _ids(steps) == _ids(free)[: len(steps)]
+
+
+# Every parameter with vLLM's semantics, checked where it must change the greedy (or seeded) answer, where
+# a neutral value must not, and on the split path (prefill samples the first token, decode the rest, with
+# the history carried over) as well as the aggregated one.
+GREEDY = SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True)
+SAMPLED = SamplingParams(max_tokens=MAX_TOKENS, temperature=1.0, seed=5, ignore_eos=True)
+
+
+def _both(model: ReferenceModel, sampling: SamplingParams) -> list[int]:
+    """The text case's tokens, the same on the split and the aggregated path."""
+    split = _ids(_split(model, "text", sampling))
+    assert split == _ids(_aggregated(model, "text", sampling))
+    return split
+
+
+def test_penalties_and_bias_follow_vllms_formulas() -> None:
+    logits = torch.tensor([2.0, -1.0, 0.5, 1.0, -0.5, 3.0])
+    sampling = SamplingParams(
+        repetition_penalty=2.0,
+        frequency_penalty=0.5,
+        presence_penalty=0.25,
+        logit_bias=((3, 1.5), (5, -4.0)),
+    )
+    sampler = TokenSampler(sampling, 6, prompt_ids=[0, 4], generated=[1, 1, 2])
+    # bias:       [2, -1, 0.5, 2.5, -0.5, -1]
+    # repetition on 0, 4 (prompt), 1, 2 (output): positive / 2, negative * 2 -> [1, -2, .25, 2.5, -1, -1]
+    # frequency:  0.5 x counts [0, 2, 1, 0, 0, 0]; presence: 0.25 x [0, 1, 1, 0, 0, 0]
+    assert sampler.adjusted(logits).tolist() == [1.0, -3.25, -0.5, 2.5, -1.0, -1.0]
+    sampler.accept(5)  # now in the output once: -1 * 2 - 0.5 - 0.25
+    assert sampler.adjusted(logits).tolist() == [1.0, -3.25, -0.5, 2.5, -1.0, -2.75]
+
+
+def test_logit_bias_forces_and_bans_tokens(model: ReferenceModel) -> None:
+    greedy = _both(model, GREEDY)
+    forced = next(t for t in range(model.vocab_size) if t not in greedy)
+    assert _both(model, replace(GREEDY, logit_bias=((forced, 100.0),))) == [forced] * MAX_TOKENS
+    assert greedy[0] not in _both(model, replace(GREEDY, logit_bias=((greedy[0], -100.0),)))
+    assert _both(model, replace(GREEDY, logit_bias=((forced, 0.0),))) == greedy
+
+
+def test_logit_bias_outside_the_vocabulary_is_a_400(model: ReferenceModel) -> None:
+    prompt, items = _encode(model, "text")
+    for token_id in (model.vocab_size, 10**9):
+        with pytest.raises(InvalidEngineInputError) as caught:
+            model.prefill(
+                PrefillRequest(prompt, tuple(items), replace(GREEDY, logit_bias=((token_id, 1.0),)))
+            )
+        assert caught.value.param == "logit_bias"
+    last = replace(GREEDY, max_tokens=1, logit_bias=((model.vocab_size - 1, 100.0),))
+    assert model.prefill(PrefillRequest(prompt, tuple(items), last)).first_token == model.vocab_size - 1
+
+
+def test_repetition_penalty_stops_the_greedy_answer_repeating(model: ReferenceModel) -> None:
+    """Without it the greedy answer repeats its own tokens and one of the prompt's; a huge penalty leaves
+    only tokens seen nowhere before (decode sees the prompt's ids and the first token, carried over)."""
+    prompt = set(model.prompter.render_chat(CASES["text"][0], []).token_ids)
+    greedy = _both(model, GREEDY)
+    assert len(set(greedy)) < len(greedy)
+    assert set(greedy[1:]) & prompt
+    penalised = _both(model, replace(GREEDY, repetition_penalty=1e4))
+    assert len(set(penalised)) == len(penalised)
+    assert not set(penalised) & prompt
+    assert _both(model, replace(GREEDY, repetition_penalty=1.0)) == greedy
+
+
+@pytest.mark.parametrize("penalty", ["presence_penalty", "frequency_penalty"])
+def test_presence_and_frequency_penalties_curb_the_greedy_repeats(
+    model: ReferenceModel, penalty: str
+) -> None:
+    greedy = _both(model, GREEDY)
+    penalised = _both(model, replace(GREEDY, **{penalty: 2.0}))  # type: ignore[arg-type]
+    assert penalised[0] == greedy[0]  # the first token has no output history: the prompt is not penalised
+    assert len(penalised) - len(set(penalised)) < len(greedy) - len(set(greedy))
+    assert _both(model, replace(GREEDY, **{penalty: 0.0})) == greedy  # type: ignore[arg-type]
+
+
+def test_decode_penalises_the_token_prefill_chose(model: ReferenceModel) -> None:
+    """The greedy text answer repeats a token at once (``t t``). Prompted with the answer up to it, prefill
+    picks ``t`` and, unpenalised, decode picks it again; with the penalty decode must not, which it can only
+    know from the first token handed over by prefill (``t`` is not in the prompt)."""
+    prompt = model.prompter.render_chat(CASES["text"][0], [])
+    greedy = _both(model, GREEDY)
+    at = next(i for i in range(len(greedy) - 1) if greedy[i] == greedy[i + 1])
+    repeated = greedy[at]
+    lead = RenderedPrompt(prompt.token_ids + tuple(greedy[:at]))
+    assert repeated not in lead.token_ids
+
+    def first_two(sampling: SamplingParams) -> list[int]:
+        result = _over_the_wire(model.prefill(PrefillRequest(lead, (), replace(sampling, max_tokens=2))))
+        return _ids(list(model.decode(DecodeRequest(result, replace(sampling, max_tokens=2)))))
+
+    assert first_two(GREEDY) == [repeated, repeated]
+    penalised = first_two(replace(GREEDY, repetition_penalty=1e4))
+    assert penalised[0] == repeated
+    assert penalised[1] != repeated
+
+
+def test_decode_refuses_a_prefill_result_without_the_prompt_ids(model: ReferenceModel) -> None:
+    prompt, items = _encode(model, "text")
+    result = _over_the_wire(model.prefill(PrefillRequest(prompt, tuple(items), GREEDY)))
+    with pytest.raises(EngineError, match="prompt ids"):
+        model.decode(DecodeRequest(replace(result, prompt_token_ids=()), GREEDY))
+
+
+@pytest.mark.parametrize("narrowing", [{"top_k": 1}, {"min_p": 1.0}])
+def test_top_k_1_and_min_p_1_sample_the_greedy_answer(
+    model: ReferenceModel, narrowing: dict[str, Any]
+) -> None:
+    greedy = _both(model, GREEDY)
+    assert _both(model, SAMPLED) != greedy  # sampling alone wanders off
+    assert _both(model, replace(SAMPLED, **narrowing)) == greedy
+
+
+@pytest.mark.parametrize("neutral", [{"top_k": 0}, {"top_k": 512}, {"min_p": 1e-6}])
+def test_filters_that_keep_every_token_leave_sampling_unchanged(
+    model: ReferenceModel, neutral: dict[str, Any]
+) -> None:
+    """top_k 0 (vLLM's "all"), top_k of the whole vocabulary, a min_p below every token's relative
+    probability in this model."""
+    assert model.vocab_size == 512
+    assert _both(model, replace(SAMPLED, **neutral)) == _both(model, SAMPLED)
 
 
 @pytest.mark.parametrize("max_tokens", [1, 5])

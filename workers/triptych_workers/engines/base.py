@@ -240,10 +240,20 @@ class EncodedItem:
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """How to pick tokens. ``temperature == 0`` is greedy; ``seed`` makes sampling reproducible across the
-    split:
-    step ``i`` draws from its own generator seeded by (seed, i), so prefill (step 0) and decode (steps 1..) on
-    different processes give the same stream as one process would."""
+    """How to pick tokens, with vLLM's names, ranges and semantics (``engines/reference/engine.py``'s
+    ``TokenSampler`` applies them; a value out of range is a 400 naming the parameter).
+
+    ``temperature == 0`` is greedy; ``seed`` makes sampling reproducible across the split: step ``i`` draws
+    from its own generator seeded by (seed, i), so prefill (step 0) and decode (steps 1..) on different
+    processes give the same stream as one process would.
+
+    What changes the logits, in vLLM's order: ``logit_bias`` (token id, bias) pairs are added; then
+    ``repetition_penalty`` (HF/vLLM: a positive logit of a token seen in the prompt or the output so far is
+    divided by it, a negative one multiplied), ``frequency_penalty`` (subtracted once per occurrence in the
+    output so far) and ``presence_penalty`` (subtracted once if it occurs there; both as OpenAI defines them).
+    These steer greedy decoding too. What filters the candidates when sampling (no effect on greedy): after
+    the temperature, ``min_p`` drops tokens less probable than ``min_p`` times the most probable one, then
+    ``top_k`` keeps the ``k`` most probable (0 or -1: all), then ``top_p`` the nucleus."""
 
     max_tokens: int = 16
     temperature: float = 0.0
@@ -251,6 +261,14 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    top_k: int = -1
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias in [-100, 100]) pairs; the ids are checked against the model's vocabulary by the
+    engine (only it knows the vocabulary)."""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -261,6 +279,23 @@ class SamplingParams:
             raise InvalidEngineInputError("top_p must be in (0, 1]", param="top_p")
         if any(not s for s in self.stop):
             raise InvalidEngineInputError("stop strings must not be empty", param="stop")
+        if self.top_k < -1:
+            raise InvalidEngineInputError("top_k must be -1 or 0 (disabled) or at least 1", param="top_k")
+        if not 0 <= self.min_p <= 1:
+            raise InvalidEngineInputError("min_p must be in [0, 1]", param="min_p")
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+            raise InvalidEngineInputError(
+                "repetition_penalty must be a finite number > 0", param="repetition_penalty"
+            )
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise InvalidEngineInputError(f"{name} must be in [-2, 2]", param=name)
+        for token_id, bias in self.logit_bias:
+            if token_id < 0 or not -100 <= bias <= 100:
+                raise InvalidEngineInputError(
+                    f"logit_bias needs token ids >= 0 and biases in [-100, 100], not {token_id}: {bias}",
+                    param="logit_bias",
+                )
 
     @property
     def greedy(self) -> bool:
@@ -297,7 +332,9 @@ class PrefillResult:
     is
     ``prompt_len + step + position_delta``. ``transfer_params`` carries a backend's own KV handle when the KV
     does
-    not travel through ``kv`` (vLLM/SGLang/TRT-LLM).
+    not travel through ``kv`` (vLLM/SGLang/TRT-LLM). ``prompt_token_ids`` are the prompt's ids, which decode
+    needs for ``repetition_penalty`` (it penalises tokens of the prompt too); the reference engine refuses a
+    decode whose ids do not match ``prompt_len``, so they cannot be forgotten on the way.
     """
 
     prompt_len: int
@@ -306,6 +343,7 @@ class PrefillResult:
     kv: TensorBuffer | None
     kv_layout: KVLayout | None
     transfer_params: Mapping[str, Any] = field(default_factory=dict)
+    prompt_token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,15 @@ class StreamOptions(OpenAIBaseModel):
 
 
 class SamplingRequest(OpenAIBaseModel):
-    """Fields both generation endpoints share (OpenAI's ranges), plus vLLM's widely used extensions."""
+    """Fields both generation endpoints share (OpenAI's ranges), plus vLLM's widely used extensions.
+
+    What is honoured where: every sampling field here (temperature, top_p, max_tokens, stop, seed,
+    presence/frequency penalties, logit_bias, top_k, min_p, repetition_penalty, ignore_eos) reaches the
+    engine through ``SamplingParams`` (the frontend's ``sampling_from``) and, in every mode, the prefill and
+    decode workers through ``SamplingMessage``; the reference backend, the only one Triptych runs so far,
+    applies each with vLLM's semantics (``engines/reference/engine.py``, ``TokenSampler``). ``n`` other than 1
+    is refused with a 400; ``user`` is accepted and not used.
+    """
 
     report_ignored_fields = True
 
@@ -34,7 +42,7 @@ class SamplingRequest(OpenAIBaseModel):
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     user: str | None = None
-    # vLLM's extensions, honoured by every backend Triptych drives.
+    # vLLM's extensions.
     top_k: Annotated[int, Field(ge=-1)] | None = None
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0)] | None = None

@@ -30,6 +30,7 @@ def handlers(ctx: WorkerContext) -> Mapping[str, Handler]:
             kv=kv,
             kv_layout=ref.kv_layout.unit() if ref.kv_layout is not None else None,
             transfer_params=dict(ref.transfer_params),
+            prompt_token_ids=ref.prompt_token_ids,
         )
         steps = ctx.engine.decode(DecodeRequest(prefill, work.sampling.unit()))
         async for chunk in ctx.stream_steps(steps, started, kv_base=ref.prompt_len):

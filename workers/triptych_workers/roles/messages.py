@@ -88,33 +88,28 @@ class EncodedRef(Message):
 
 
 class SamplingMessage(Message):
+    """``SamplingParams`` on the wire, every field of it: prefill samples the first token and decode the
+    rest, so both must apply the same parameters (``unit()`` validates them again on the worker)."""
+
     max_tokens: int
     temperature: float
     top_p: float
     seed: int | None
     stop: tuple[str, ...]
     ignore_eos: bool
+    top_k: int
+    min_p: float
+    repetition_penalty: float
+    presence_penalty: float
+    frequency_penalty: float
+    logit_bias: tuple[tuple[int, float], ...]
 
     @classmethod
     def of(cls, s: SamplingParams) -> SamplingMessage:
-        return cls(
-            max_tokens=s.max_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            seed=s.seed,
-            stop=s.stop,
-            ignore_eos=s.ignore_eos,
-        )
+        return cls(**{f: getattr(s, f) for f in cls.model_fields})
 
     def unit(self) -> SamplingParams:
-        return SamplingParams(
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            seed=self.seed,
-            stop=self.stop,
-            ignore_eos=self.ignore_eos,
-        )
+        return SamplingParams(**{f: getattr(self, f) for f in type(self).model_fields})
 
 
 class PromptMessage(Message):
@@ -169,6 +164,8 @@ class PrefillRef(Message):
     kv: TensorRef | None
     kv_layout: KVLayoutMessage | None
     transfer_params: dict[str, str] = {}
+    prompt_token_ids: tuple[int, ...] = ()
+    """What decode's ``repetition_penalty`` needs of the prompt (``PrefillResult.prompt_token_ids``)."""
 
 
 class DecodeWork(Message):

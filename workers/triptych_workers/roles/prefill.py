@@ -31,6 +31,7 @@ def handlers(ctx: WorkerContext) -> Mapping[str, Handler]:
             kv=kv,
             kv_layout=KVLayoutMessage.of(result.kv_layout) if result.kv_layout is not None else None,
             transfer_params={k: str(v) for k, v in result.transfer_params.items()},
+            prompt_token_ids=result.prompt_token_ids,
         ).dumps()
 
     return {VERB_PREFILL: prefill}

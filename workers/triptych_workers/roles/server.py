@@ -188,34 +188,41 @@ class WorkerContext:
     encoder: CachedEncoder | None
     kv_tokens: int = field(default=0)
 
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """The most KV tokens this worker can hold: ``serving.concurrency`` requests at once (the request
+        plane never runs more), each at most the model's context length. The denominator of the KV-cache
+        utilization gauge, which therefore stays within 0..1."""
+        return self.settings.config.serving.concurrency * self.engine.info.max_model_len
+
     @contextlib.contextmanager
-    def holding_kv(self, tokens: Callable[[], int]) -> Iterator[Callable[[], None]]:
-        """Counts this request's KV tokens (``tokens()``, re-read on each call of the yielded function) into
-        the KV-cache utilization gauge while it runs."""
-        capacity = self.settings.config.serving.concurrency * self.engine.info.max_model_len
+    def holding_kv(self, tokens: int) -> Iterator[Callable[[int], None]]:
+        """Counts this request's KV tokens into the KV-cache utilization gauge while it runs: ``tokens`` from
+        the start, then whatever the yielded function is last called with; nothing once it is over."""
         held = 0
 
-        def update() -> None:
+        def hold(now: int) -> None:
             nonlocal held
-            now = tokens()
             self.kv_tokens += now - held
             held = now
-            self.metrics.set_kv_utilization(self.kv_tokens / capacity)
+            self.metrics.set_kv_utilization(self.kv_tokens / self.kv_capacity_tokens)
 
         try:
-            update()
-            yield update
+            hold(tokens)
+            yield hold
         finally:
-            self.kv_tokens -= held
-            self.metrics.set_kv_utilization(self.kv_tokens / capacity)
+            hold(0)
 
     async def stream_steps(
         self, steps: AsyncIterator[DecodeStep], started: float, *, kv_base: int
     ) -> AsyncIterator[bytes]:
-        """Steps as reply chunks, timing TTFT and inter-token latency and holding the request's KV."""
+        """Steps as reply chunks, timing TTFT and inter-token latency and holding the request's KV: the
+        prompt's ``kv_base`` tokens, plus, once a step is out, every token before it (the newest token's KV
+        is written by the step that computes the next one). The gauge and the latency histograms move
+        together, between two awaits, so one scrape sees them agree."""
         count = 0
         last = started
-        with self.holding_kv(lambda: kv_base + count) as update_kv:
+        with self.holding_kv(kv_base) as hold_kv:
             try:
                 async for step in steps:
                     now = time.monotonic()
@@ -224,8 +231,8 @@ class WorkerContext:
                     else:
                         self.metrics.observe_itl(now - last)
                     last = now
+                    hold_kv(kv_base + count)
                     count += 1
-                    update_kv()
                     yield StepMessage.of(step).dumps()
             finally:
                 close = getattr(steps, "aclose", None)

@@ -22,8 +22,11 @@
 
 Inputs are laid out exactly as ``generate`` lays them out (4-row position ids: text positions then the three
 mrope rows, an all-ones attention mask), so the split path, the aggregated path and ``generate`` run the same
-kernels and produce the same tokens. Sampling: greedy (argmax, first index on ties, as ``generate``), or
-temperature + top-p where step ``i`` draws from ``torch.Generator`` seeded with ``(seed, i)``.
+kernels and produce the same tokens. Sampling (``TokenSampler``, one per request and stage): logit bias and
+the repetition/frequency/presence penalties over the request's history (prompt ids and tokens generated so
+far: prefill sees the prompt, decode the prompt from ``PrefillResult.prompt_token_ids`` plus the first token
+and its own), then greedy (argmax, first index on ties, as ``generate``), or temperature, min-p, top-k and
+top-p where step ``i`` draws from ``torch.Generator`` seeded with ``(seed, i)``.
 
 ``ReferenceEngine`` is the async ``Engine`` over it: one worker thread owned by the engine runs every model
 call,
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import secrets
 from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -100,6 +104,7 @@ class ReferenceModel:
             int(text_config.num_key_value_heads),
             self.spec.head_dim,
         )
+        self.vocab_size = int(text_config.vocab_size)
         self.info = EngineInfo(
             model=f"triptych-reference-{self.spec.digest()}",
             modalities=frozenset({"image", "video", "audio"}),
@@ -202,6 +207,7 @@ class ReferenceModel:
                 param="max_tokens",
             )
         self._check_items(prompt, request.items)
+        sampler = TokenSampler(sampling, self.vocab_size, prompt.token_ids)
         ids = torch.tensor([prompt.token_ids], dtype=torch.long)
         with torch.inference_mode():
             embeds = self.model.get_input_embeddings()(ids)
@@ -218,9 +224,9 @@ class ReferenceModel:
                 use_cache=True,
                 logits_to_keep=1,
             )
-            first = self._sample(out.logits[0, -1], sampling, step=0)
+            first = sampler.sample(out.logits[0, -1], step=0)
         kv, layout = self.export_kv(cache) if export else (None, None)
-        return PrefillResult(length, first, delta, kv, layout), cache
+        return PrefillResult(length, first, delta, kv, layout, prompt_token_ids=prompt.token_ids), cache
 
     def _check_items(self, prompt: RenderedPrompt, items: Sequence[EncodedItem]) -> None:
         if len(items) != len(prompt.spans):
@@ -290,6 +296,11 @@ class ReferenceModel:
             raise InvalidEngineInputError("the reference engine needs the KV buffer itself", param="kv")
         if prefill.kv_layout.num_tokens != prefill.prompt_len:
             raise InvalidEngineInputError("KV length differs from the prompt length", param="kv")
+        if len(prefill.prompt_token_ids) != prefill.prompt_len:
+            raise EngineError(
+                f"the prefill result carries {len(prefill.prompt_token_ids)} prompt ids for a prompt of "
+                f"{prefill.prompt_len} tokens (the penalties need them)"
+            )
         cache = self.import_kv(prefill.kv, prefill.kv_layout)
         return self._continue(cache, prefill, request.sampling)
 
@@ -304,6 +315,7 @@ class ReferenceModel:
         self, cache: Any, prefill: PrefillResult, sampling: SamplingParams
     ) -> Generator[DecodeStep, None, None]:
         detokenizer = self.prompter.new_detokenizer(sampling.stop)
+        sampler = TokenSampler(sampling, self.vocab_size, prefill.prompt_token_ids, (prefill.first_token,))
         token, step = prefill.first_token, 0
         while True:
             delta = detokenizer.push(token)
@@ -330,22 +342,74 @@ class ReferenceModel:
                     logits_to_keep=1,
                 )
                 step += 1
-                token = self._sample(out.logits[0, -1], sampling, step=step)
+                token = sampler.sample(out.logits[0, -1], step=step)
+            sampler.accept(token)
 
-    @staticmethod
-    def _sample(logits: torch.Tensor, sampling: SamplingParams, *, step: int) -> int:
-        if sampling.greedy:
+
+class TokenSampler:
+    """One request's sampling at one stage: ``SamplingParams`` applied with vLLM's order and semantics (see
+    its docstring) over the request's token history, which the caller hands over (``prompt_ids``, the
+    tokens generated before this stage) and extends (``accept``) as it goes."""
+
+    def __init__(
+        self,
+        sampling: SamplingParams,
+        vocab_size: int,
+        prompt_ids: Sequence[int],
+        generated: Sequence[int] = (),
+    ) -> None:
+        if outside := sorted(t for t, _ in sampling.logit_bias if t >= vocab_size):
+            raise InvalidEngineInputError(
+                f"logit_bias names token ids outside the vocabulary of {vocab_size}: {outside[:8]}",
+                param="logit_bias",
+            )
+        self.sampling = sampling
+        self._vocab_size = vocab_size
+        self._bias_ids = torch.tensor([t for t, _ in sampling.logit_bias], dtype=torch.long)
+        self._bias = torch.tensor([b for _, b in sampling.logit_bias], dtype=torch.float32)
+        self._counts = torch.zeros(vocab_size, dtype=torch.float32)  # occurrences in the output so far
+        self._seen = torch.zeros(vocab_size, dtype=torch.bool)  # in the prompt or the output so far
+        self._seen[torch.tensor(list(prompt_ids), dtype=torch.long)] = True
+        for token in generated:
+            self.accept(token)
+
+    def accept(self, token: int) -> None:
+        """Adds a generated token to the history the penalties look at."""
+        self._counts[token] += 1
+        self._seen[token] = True
+
+    def adjusted(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits after the bias and the penalties (the same tensor when none applies)."""
+        s = self.sampling
+        if not (s.logit_bias or s.repetition_penalty != 1.0 or s.frequency_penalty or s.presence_penalty):
+            return logits
+        out = logits.float().clone()
+        out.index_add_(0, self._bias_ids, self._bias)
+        if s.repetition_penalty != 1.0:
+            penalised = torch.where(out > 0, out / s.repetition_penalty, out * s.repetition_penalty)
+            out = torch.where(self._seen, penalised, out)
+        out -= s.frequency_penalty * self._counts
+        out -= s.presence_penalty * (self._counts > 0).float()
+        return out
+
+    def sample(self, logits: torch.Tensor, *, step: int) -> int:
+        s = self.sampling
+        logits = self.adjusted(logits)
+        if s.greedy:
             return int(torch.argmax(logits).item())
-        seed = (
-            secrets.randbits(63) if sampling.seed is None else (sampling.seed * 1_000_003 + step) % (1 << 63)
-        )
+        seed = secrets.randbits(63) if s.seed is None else (s.seed * 1_000_003 + step) % (1 << 63)
         generator = torch.Generator().manual_seed(seed)
-        probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
-        if sampling.top_p < 1.0:
+        scaled = logits.float() / s.temperature
+        if s.min_p > 0:
+            probs = torch.softmax(scaled, dim=-1)
+            scaled = scaled.masked_fill(probs < s.min_p * probs.max(), -math.inf)
+        if 0 < s.top_k < self._vocab_size:
+            kth = torch.topk(scaled, s.top_k).values[-1]
+            scaled = scaled.masked_fill(scaled < kth, -math.inf)
+        probs = torch.softmax(scaled, dim=-1)
+        if s.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
-            keep = (
-                torch.cumsum(sorted_probs, dim=-1) - sorted_probs < sampling.top_p
-            )  # always keeps the first
+            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < s.top_p  # always keeps the first
             sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
             choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
             return int(order[choice].item())

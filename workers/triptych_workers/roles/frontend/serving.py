@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Generic, TypeVar
 
@@ -36,7 +36,13 @@ from triptych_workers.engines.base import (
     SamplingParams,
 )
 from triptych_workers.metrics import Outcome, WorkerMetrics
-from triptych_workers.protocol import SSE_DONE, ResponseModel, SamplingRequest, Usage
+from triptych_workers.protocol import (
+    SSE_DONE,
+    InvalidRequestError,
+    ResponseModel,
+    SamplingRequest,
+    Usage,
+)
 from triptych_workers.roles.frontend.errors import (
     DeadlineExceeded,
     ModelNotFound,
@@ -59,6 +65,8 @@ RequestT = TypeVar("RequestT", bound=SamplingRequest)
 
 
 def sampling_from(body: SamplingRequest, max_tokens: int | None) -> SamplingParams:
+    """The request's sampling fields as the engines take them (every one the protocol accepts but ``n``,
+    which is refused unless 1); ``SamplingParams`` checks their ranges again."""
     if body.n != 1:
         raise Unsupported("only n=1 is supported", param="n")
     return SamplingParams(
@@ -68,7 +76,25 @@ def sampling_from(body: SamplingRequest, max_tokens: int | None) -> SamplingPara
         seed=body.seed,
         stop=tuple(body.stop_sequences),
         ignore_eos=body.ignore_eos,
+        top_k=-1 if body.top_k is None else body.top_k,
+        min_p=0.0 if body.min_p is None else body.min_p,
+        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+        presence_penalty=0.0 if body.presence_penalty is None else body.presence_penalty,
+        frequency_penalty=0.0 if body.frequency_penalty is None else body.frequency_penalty,
+        logit_bias=tuple(_token_biases(body.logit_bias or {})),
     )
+
+
+def _token_biases(logit_bias: Mapping[str, float]) -> Iterator[tuple[int, float]]:
+    """OpenAI's ``logit_bias`` keys are token ids written as strings."""
+    for key, bias in logit_bias.items():
+        try:
+            token_id = int(key)
+        except ValueError:
+            raise InvalidRequestError(
+                f"logit_bias keys must be token ids, not {key[:40]!r}", param="logit_bias"
+            ) from None
+        yield token_id, bias
 
 
 async def next_before(steps: AsyncIterator[DecodeStep], deadline: float) -> DecodeStep | None:
@@ -226,8 +252,8 @@ class OpenAIServing(ABC, Generic[RequestT]):
         admission.admit()
         steps: AsyncIterator[DecodeStep] | None = None
         try:
+            sampling = sampling_from(body, self.max_tokens(body))  # refused before any media is fetched
             prompt, media = await until_disconnect(request.receive, self._prepare(body, deadline))
-            sampling = sampling_from(body, self.max_tokens(body))
             steps = self.context.pipeline.generate(prompt, media, sampling, deadline=deadline)
             first = await until_disconnect(request.receive, next_before(steps, deadline))
         except BaseException as exc:
