@@ -51,6 +51,9 @@ _QUANTITY_SCHEMA: dict[str, Any] = {
 }
 Quantity = Annotated[int | str, WithJsonSchema(_QUANTITY_SCHEMA)]
 
+# A PersistentVolumeClaim's name (a DNS-1123 subdomain).
+ClaimName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 RESOURCE_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
@@ -107,13 +110,10 @@ class ModelSource(ApiModel):
         )
     )
 
-    pvc: str | None = Field(
+    pvc: ClaimName | None = Field(
         default=None,
         description="Name of a PersistentVolumeClaim in the same namespace that holds the weights; mounted "
         "read-only at /models in every worker pod.",
-        min_length=1,
-        max_length=253,
-        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
     )
     path: str | None = Field(
         default=None,
@@ -201,14 +201,11 @@ class MediaSpec(ApiModel):
         description="Allow fetching from private, loopback, link-local and other non-public addresses "
         "(SSRF risk: only for trusted clients).",
     )
-    local_media_pvc: str | None = Field(
+    local_media_pvc: ClaimName | None = Field(
         default=None,
         alias="localMediaPVC",
         description="PersistentVolumeClaim (same namespace) holding the files file:// URLs may read: mounted "
         "read-only at allowedLocalMediaPath in the frontend's pods. Set both or neither.",
-        min_length=1,
-        max_length=253,
-        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
     )
 
 
