@@ -110,7 +110,7 @@ class WorkerConfig(_Model):
     namespace: str
     role: str = ""
     stages: tuple[Stage, ...] | None = None
-    backend: Backend = "reference"
+    backend: Backend  # no default: the operator always writes it, and a guess would pick the wrong engine
     mode: Mode = "E/P/D"
     model: ModelConfig
     modalities: tuple[Modality, ...] = ("image", "video", "audio")

@@ -62,6 +62,7 @@ def _config(model_dir: Path, **serving: Any) -> WorkerConfig:
             "deployment": "test",
             "namespace": "default",
             "role": "frontend",
+            "backend": "reference",
             "model": {"name": MODEL, "path": str(model_dir)},
             "media": {"allow_private_networks": True, "fetchTimeoutSeconds": 5},
             "encoderCache": {"capacityBytes": 64 << 20},

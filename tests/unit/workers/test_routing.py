@@ -92,13 +92,16 @@ def test_round_robin_takes_workers_in_turn_and_ignores_caches() -> None:
 
 
 def test_cache_aware_is_the_default_policy() -> None:
-    config = WorkerConfig.model_validate({"deployment": "d", "namespace": "n", "model": {"name": "m"}})
+    config = WorkerConfig.model_validate(
+        {"deployment": "d", "namespace": "n", "backend": "reference", "model": {"name": "m"}}
+    )
     assert config.serving.encode_routing == "cache-aware"
     assert encode_router(config.serving.encode_routing) is choose_encode_worker
     rr = WorkerConfig.model_validate(
         {
             "deployment": "d",
             "namespace": "n",
+            "backend": "reference",
             "model": {"name": "m"},
             "serving": {"encodeRouting": "round-robin"},
         }
