@@ -424,6 +424,58 @@ class AutoscalingTargets(ApiModel):
         ge=1,
         le=100,
     )
+    in_flight: int | None = Field(
+        default=None, description="Target requests in flight (being served) per replica.", ge=1, le=100000
+    )
+
+
+class ScalingPolicySpec(ApiModel):
+    """One rate limit on scaling (the HorizontalPodAutoscaler's HPAScalingPolicy)."""
+
+    type: Literal["Pods", "Percent"] = Field(
+        description="Pods: at most value replicas; Percent: at most value % of the replicas at the "
+        "period's start."
+    )
+    value: int = Field(description="How many replicas, or what percentage.", ge=1, le=100000)
+    period_seconds: int = Field(description="The window the limit applies to.", ge=1, le=1800)
+
+
+class ScalingRulesSpec(ApiModel):
+    """How one direction of scaling behaves (the HPA's HPAScalingRules); absent fields take the HPA's
+    defaults for that direction."""
+
+    stabilization_window_seconds: int | None = Field(
+        default=None,
+        description="Recommendations of this long are considered: scale-down uses the highest, scale-up the "
+        "lowest. HPA defaults: 0 up, 300 down.",
+        ge=0,
+        le=3600,
+    )
+    select_policy: Literal["Max", "Min", "Disabled"] | None = Field(
+        default=None,
+        description="Max: the policy allowing the most change; Min: the least; Disabled: no scaling this "
+        "way. Default Max.",
+    )
+    policies: list[ScalingPolicySpec] | None = Field(
+        default=None,
+        description="Rate limits. HPA defaults: up 4 Pods or 100 Percent per 15 s; down 100 Percent per "
+        "15 s.",
+        min_length=1,
+        max_length=10,
+    )
+
+
+class ScalingBehaviorSpec(ApiModel):
+    """Scale-up and scale-down behavior, with the HorizontalPodAutoscaler's fields and defaults."""
+
+    scale_up: ScalingRulesSpec | None = Field(default=None, description="Scaling up.")
+    scale_down: ScalingRulesSpec | None = Field(default=None, description="Scaling down.")
+    tolerance: float | None = Field(
+        default=None,
+        description="No change while the metric is within this fraction of its target (HPA default 0.1).",
+        ge=0,
+        le=1,
+    )
 
 
 class AutoscalingSpec(ApiModel):
@@ -438,8 +490,9 @@ class AutoscalingSpec(ApiModel):
             ),
             cel(
                 "!self.enabled || (has(self.targets) && (has(self.targets.queueDepth) || "
-                "has(self.targets.cacheUtilization)))",
-                "autoscaling.targets needs queueDepth or cacheUtilization when autoscaling is enabled",
+                "has(self.targets.cacheUtilization) || has(self.targets.inFlight)))",
+                "autoscaling.targets needs queueDepth, inFlight or cacheUtilization when autoscaling is "
+                "enabled",
                 field_path=".targets",
                 reason="FieldValueRequired",
             ),
@@ -450,6 +503,44 @@ class AutoscalingSpec(ApiModel):
     min_replicas: int = Field(default=1, description="Fewest replicas.", ge=0, le=MAX_REPLICAS)
     max_replicas: int = Field(default=1, description="Most replicas.", ge=1, le=MAX_REPLICAS)
     targets: AutoscalingTargets | None = Field(default=None, description="Metric targets.")
+    behavior: ScalingBehaviorSpec | None = Field(
+        default=None, description="Scaling behavior (the HPA's): stabilization windows, rate policies."
+    )
+
+
+class RatioBound(ApiModel):
+    """Keeps two role pools in proportion: min <= numerator replicas / denominator replicas <= max, applied
+    after each role's own decision (e.g. decode:prefill between 1 and 4)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            cel("self.numerator != self.denominator", "a ratio bound needs two different roles",
+                field_path=".denominator", reason="FieldValueInvalid"),
+            cel("has(self.min) || has(self.max)", "a ratio bound needs min, max or both",
+                reason="FieldValueRequired"),
+            cel("!has(self.min) || !has(self.max) || self.min <= self.max", "ratio min must not exceed max",
+                field_path=".min", reason="FieldValueInvalid"),
+        )
+    )  # fmt: skip
+
+    numerator: WorkerRoleName = Field(description="The role whose replicas are divided (e.g. decode).")
+    denominator: WorkerRoleName = Field(description="The role they are divided by (e.g. prefill).")
+    min: float | None = Field(default=None, description="Lowest ratio allowed.", ge=0, le=1000)
+    max: float | None = Field(default=None, description="Highest ratio allowed.", ge=0, le=1000)
+
+
+class DeploymentAutoscalingSpec(ApiModel):
+    """What the autoscaler does across roles (each role's own targets are under roles.<role>.autoscaling)."""
+
+    evaluation_interval_seconds: int = Field(
+        default=5,
+        description="How often every autoscaled role is evaluated (the HPA's is 15 s).",
+        ge=1,
+        le=300,
+    )
+    ratios: list[RatioBound] = Field(
+        default_factory=list, description="Proportions kept between role pools.", max_length=6
+    )
 
 
 _REPLICAS_IN_RANGE = cel(
@@ -623,6 +714,14 @@ _SPEC_RULES = [
     ),
     *(_reference_no_gpus_rule(role) for role in WORKER_ROLES),
     cel(
+        "!has(self.autoscaling) || !has(self.autoscaling.ratios) || self.autoscaling.ratios.all(b, "
+        "[b.numerator, b.denominator].all(r, r == 'decode' || (r == 'encode' && has(self.roles.encode)) || "
+        "(r == 'prefill' && has(self.roles.prefill))))",
+        "autoscaling.ratios may name only roles present in spec.roles",
+        field_path=".autoscaling.ratios",
+        reason="FieldValueInvalid",
+    ),
+    cel(
         "!has(self.topology) || !has(self.topology.colocate) || self.topology.colocate.roles.all(r, "
         "r == 'decode' || (r == 'encode' && has(self.roles.encode)) || (r == 'prefill' && has(self.roles.prefill)))",  # noqa: E501
         "topology.colocate.roles may name only roles present in spec.roles",
@@ -656,6 +755,11 @@ class MultimodalDeploymentSpec(ApiModel):
     )
     media: MediaSpec = Field(
         default_factory=MediaSpec, description=MediaSpec.__doc__ or "", json_schema_extra={"default": {}}
+    )
+    autoscaling: DeploymentAutoscalingSpec = Field(
+        default_factory=DeploymentAutoscalingSpec,
+        description=DeploymentAutoscalingSpec.__doc__ or "",
+        json_schema_extra={"default": {}},
     )
     serving: ServingSpec = Field(
         default_factory=ServingSpec, description=ServingSpec.__doc__ or "", json_schema_extra={"default": {}}
@@ -890,10 +994,13 @@ def _validate_role(  # noqa: PLR0912 - a flat list of independent checks
             out.append(
                 Violation(f"{path}.autoscaling.minReplicas", "must not exceed autoscaling.maxReplicas")
             )
+        t = a.targets
         if a.enabled and (
-            a.targets is None or (a.targets.queue_depth is None and a.targets.cache_utilization is None)
+            t is None or (t.queue_depth, t.cache_utilization, t.in_flight) == (None, None, None)
         ):
-            out.append(Violation(f"{path}.autoscaling.targets", "needs queueDepth or cacheUtilization"))
+            out.append(
+                Violation(f"{path}.autoscaling.targets", "needs queueDepth, inFlight or cacheUtilization")
+            )
         if a.enabled and not a.min_replicas <= role.replicas <= a.max_replicas:
             out.append(Violation(f"{path}.replicas", "must lie within autoscaling.minReplicas..maxReplicas"))
     for i, env in enumerate(role.env):
@@ -919,6 +1026,20 @@ def _validate_role(  # noqa: PLR0912 - a flat list of independent checks
             out.append(
                 Violation(f"{path}.dataParallelLocal", f"GPUs per pod must be at most {MAX_GPUS_PER_POD}")
             )
+
+
+def _validate_ratios(spec: MultimodalDeploymentSpec, out: list[Violation]) -> None:
+    for i, bound in enumerate(spec.autoscaling.ratios):
+        where = f"spec.autoscaling.ratios[{i}]"
+        absent = [r for r in (bound.numerator, bound.denominator) if spec.worker(r) is None]
+        if absent:
+            out.append(Violation("spec.autoscaling.ratios", f"not in spec.roles: {', '.join(absent)}"))
+        if bound.numerator == bound.denominator:
+            out.append(Violation(f"{where}.denominator", "a ratio bound needs two different roles"))
+        if bound.min is None and bound.max is None:
+            out.append(Violation(where, "needs min, max or both"))
+        if bound.min is not None and bound.max is not None and bound.min > bound.max:
+            out.append(Violation(f"{where}.min", "must not exceed max"))
 
 
 def validate_spec(  # noqa: PLR0912 - a flat list of independent checks
@@ -964,6 +1085,7 @@ def validate_spec(  # noqa: PLR0912 - a flat list of independent checks
                 out.append(
                     Violation(f"spec.roles.{name}", "the reference backend runs on CPU: no GPU fields")
                 )
+    _validate_ratios(spec, out)
     if spec.topology is not None and spec.topology.colocate is not None:
         roles = spec.topology.colocate.roles
         if len(set(roles)) != len(roles):
