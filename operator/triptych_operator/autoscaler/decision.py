@@ -173,30 +173,32 @@ def _period_start(current: int, policy: ScalingPolicy, history: History, now: fl
     return current - added + removed
 
 
-def scale_up_limit(current: int, rules: ScalingRules, history: History, now: float) -> int:
+def _limit(current: int, rules: ScalingRules, history: History, now: float, *, up: bool) -> int:
+    """The furthest the policies let the role go in one direction: each policy proposes a bound from the
+    replicas at its period's start (Pods: +/- value; Percent: up rounds up, down rounds down, as the HPA
+    does); `Max` takes the most permissive, `Min` the least, `Disabled` allows no change."""
     if rules.select_policy == "Disabled" or not rules.policies:
         return current
     proposals = []
     for policy in rules.policies:
         start = _period_start(current, policy, history, now)
         if policy.type == "Pods":
-            proposals.append(start + policy.value)
-        else:
+            proposals.append(start + policy.value if up else start - policy.value)
+        elif up:
             proposals.append(math.ceil(start * (1 + policy.value / 100)))
-    return max(proposals) if rules.select_policy == "Max" else min(proposals)
+        else:
+            proposals.append(int(start * (1 - policy.value / 100)))
+    most_permissive = max if up else min
+    least_permissive = min if up else max
+    return (most_permissive if rules.select_policy == "Max" else least_permissive)(proposals)
+
+
+def scale_up_limit(current: int, rules: ScalingRules, history: History, now: float) -> int:
+    return _limit(current, rules, history, now, up=True)
 
 
 def scale_down_limit(current: int, rules: ScalingRules, history: History, now: float) -> int:
-    if rules.select_policy == "Disabled" or not rules.policies:
-        return current
-    proposals = []
-    for policy in rules.policies:
-        start = _period_start(current, policy, history, now)
-        if policy.type == "Pods":
-            proposals.append(start - policy.value)
-        else:
-            proposals.append(int(start * (1 - policy.value / 100)))
-    return min(proposals) if rules.select_policy == "Max" else max(proposals)
+    return _limit(current, rules, history, now, up=False)
 
 
 def _stabilized(desired: int, current: int, behavior: Behavior, history: History, now: float) -> int:
