@@ -254,32 +254,50 @@ def _devices(
     return devices
 
 
-def _pod_context(
+def _base_volumes(
+    name: str, spec: MultimodalDeploymentSpec, role: Role, settings: OperatorSettings
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(volume, mount) of what every pod of the role has: its config, /dev/shm for worker roles, and the
+    local-media PVC for a frontend that reads file:// URLs. One place decides each pair."""
+    pairs = [
+        (
+            {"name": "config", "configMap": {"name": child_name(name, role)}},
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        )
+    ]
+    if role != "frontend":
+        shm = {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_sizes[spec.backend]}}
+        pairs.append((shm, {"name": "shm", "mountPath": "/dev/shm"}))  # noqa: S108
+    if role == "frontend" and spec.media.local_media_pvc is not None:
+        claim = {"claimName": spec.media.local_media_pvc, "readOnly": True}
+        pairs.append(
+            (
+                {"name": "local-media", "persistentVolumeClaim": claim},
+                {"name": "local-media", "mountPath": spec.media.allowed_local_media_path, "readOnly": True},
+            )
+        )
+    return pairs
+
+
+def _pod_context(  # noqa: PLR0917 - the builders' uniform (name, namespace, spec, role, ...)
     name: str,
     namespace: str,
     spec: MultimodalDeploymentSpec,
     role: Role,
     settings: OperatorSettings,
+    mounts: list[dict[str, Any]],
     *,
-    rdma_available: bool,
+    rdma: bool,
 ) -> PodContext:
     role_spec = spec.role(role)
     if role_spec is None:
         raise ValueError(f"role {role} is not present")
     worker = spec.worker(role) if role != "frontend" else None
     gpu = worker is not None and spec.uses_gpus
-    rdma = uses_rdma(spec, role, rdma_available=rdma_available)
     backend_image = role_spec.image or settings.image_for(spec.backend)
     image = backend_image
     if role == "frontend" and role_spec.image is None and settings.frontend_image is not None:
         image = settings.frontend_image
-    mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
-    if worker is not None:
-        mounts.append({"name": "shm", "mountPath": "/dev/shm"})  # noqa: S108
-    if role == "frontend" and spec.media.local_media_pvc is not None:
-        mounts.append(
-            {"name": "local-media", "mountPath": spec.media.allowed_local_media_path, "readOnly": True}
-        )
     return PodContext(
         spec=spec,
         role=role,
@@ -325,22 +343,16 @@ def build_deployment(  # noqa: PLR0917 - the builders' uniform (name, namespace,
     *,
     engine: EngineCommand | None,
     config_sha256: str,
-    rdma_available: bool,
+    rdma: bool,
     replicas: int | None = None,
 ) -> dict[str, Any]:
-    """The role's Deployment. `engine` and `config_sha256` come from the same role's ConfigMap build
-    (`build_role`); `rdma_available` is `auto` resolved by the caller; `replicas` overrides the spec's
-    (the autoscaler's decision for an autoscaled role)."""
-    ctx = _pod_context(name, namespace, spec, role, settings, rdma_available=rdma_available)
-    profile = profile_for(spec.backend)
-    parts = profile.pod_parts(ctx, engine)
-    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": child_name(name, role)}}]
-    if ctx.worker is not None:
-        shm = settings.shm_sizes[spec.backend]
-        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
-    if role == "frontend" and spec.media.local_media_pvc is not None:
-        claim = {"claimName": spec.media.local_media_pvc, "readOnly": True}
-        volumes.append({"name": "local-media", "persistentVolumeClaim": claim})
+    """The role's Deployment. `engine`, `config_sha256` and `rdma` (`uses_rdma`) come from the same role's
+    ConfigMap build (`build_role`); `replicas` overrides the spec's (the autoscaler's decision for an
+    autoscaled role)."""
+    base = _base_volumes(name, spec, role, settings)
+    ctx = _pod_context(name, namespace, spec, role, settings, [m for _, m in base], rdma=rdma)
+    parts = profile_for(spec.backend).pod_parts(ctx, engine)
+    volumes = [v for v, _ in base]
     pod: dict[str, Any] = {
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30 if role == "frontend" else 60,
@@ -398,7 +410,7 @@ def build_role(  # noqa: PLR0917 - the builders' uniform (name, namespace, uid, 
         settings,
         engine=engine,
         config_sha256=config_hash(config_map),
-        rdma_available=rdma_available,
+        rdma=rdma,
         replicas=replicas,
     )
     return [config_map, build_service(name, namespace, uid, spec, role), deployment]
