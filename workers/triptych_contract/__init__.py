@@ -94,3 +94,7 @@ ENCODE_ROUTING_POLICIES: Final = ("cache-aware", "round-robin")
 EncodeRouting = Literal["cache-aware", "round-robin"]
 IMAGE_DECODE_PLACES: Final = ("encode", "frontend")
 ImageDecodePlace = Literal["encode", "frontend"]
+
+# Requests the frontend holds while a role it needs has no ready worker (labels: role, deployment); the
+# autoscaler wakes a pool scaled to zero on it.
+METRIC_PENDING_REQUESTS: Final = "triptych_pending_requests"

@@ -93,6 +93,11 @@ class ServingConfig(_Model):
     encode_routing: Annotated[EncodeRouting, Field(alias="encodeRouting")] = "cache-aware"
     """Frontend: how encode work picks a worker. ``cache-aware`` prefers a worker whose encoder cache holds
     the item, else the least loaded; ``round-robin`` takes the workers in turn (see ``roles/routing.py``)."""
+    cold_start_timeout_seconds: Annotated[float, Field(gt=0, alias="coldStartTimeoutSeconds")] = 180.0
+    """Frontend: how long a request with media holds when the encode pool has no worker (scaled to zero on
+    text-only traffic, or starting) before it gets a 503; the request's own deadline
+    (``requestTimeoutSeconds``) bounds it too, whichever is earlier. While held it counts in
+    ``triptych_pending_requests{role="encode"}``, which the autoscaler wakes the pool on."""
 
 
 class DataPlaneConfig(_Model):

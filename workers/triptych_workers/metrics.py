@@ -4,12 +4,14 @@ Names come from the shared contract (the operator's autoscaler reads them). The 
 depth, in-flight, rejections, transfer bytes/seconds by transport, data plane info, degraded transport) are
 ``TransportMetrics`` on the same registry, reused here rather than registered twice; this module adds what
 the roles measure: requests by outcome, TTFT and inter-token latency, the encoder cache (read from
-``EncoderCache.stats()`` at scrape time) and KV-cache utilization.
+``EncoderCache.stats()`` at scrape time), KV-cache utilization, and the requests the frontend holds for a
+pool with no worker (``pending``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -21,6 +23,7 @@ from triptych_contract import (
     METRIC_ENCODER_CACHE_UTILIZATION,
     METRIC_ITL,
     METRIC_KV_CACHE_UTILIZATION,
+    METRIC_PENDING_REQUESTS,
     METRIC_REQUESTS,
     METRIC_TTFT,
 )
@@ -105,11 +108,22 @@ class WorkerMetrics:
             labels,
             registry=self.registry,
         )
+        # Unlike every other series here, ``role`` is the role waited *for*, not this process's: the operator
+        # reads it from the frontend's pods to wake that pool (see ``pending``).
+        self._pending = Gauge(
+            METRIC_PENDING_REQUESTS,
+            "Requests the frontend holds because a role they need (the role label) has no ready worker, e.g. "
+            "an encode pool scaled to zero; the autoscaler wakes that pool on it. Always 0 on workers",
+            labels,
+            registry=self.registry,
+        )
         self._encoder_cache: _EncoderCacheCollector | None = None
         # Every series exists from the start, so a scrape before the first request sees zeros, not gaps.
         self.in_flight.set(0)
         self.queue_depth.set(0)
         self.set_kv_utilization(0.0)
+        # Encode is the only pool the frontend waits for (the one the autoscaler takes to zero).
+        self._pending.labels("encode", deployment).set(0)
         for outcome in ("ok", "client_error", "error", "timeout", "cancelled", "busy"):
             self._requests.labels(role, deployment, outcome)
 
@@ -134,6 +148,17 @@ class WorkerMetrics:
 
     def set_kv_utilization(self, fraction: float) -> None:
         self._kv.labels(self.role, self.deployment).set(fraction)
+
+    @contextlib.contextmanager
+    def pending(self, role: str) -> Iterator[None]:
+        """Count one request as held, waiting for a ``role`` worker, for as long as the block runs (however
+        it ends: worker found, timeout, client gone)."""
+        gauge = self._pending.labels(role, self.deployment)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
 
     def watch_encoder_cache(self, stats: Callable[[], EncoderCacheStats]) -> None:
         """Publish an encoder cache's stats (utilization, hit rate, evictions) at every scrape."""

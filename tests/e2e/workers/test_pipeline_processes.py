@@ -6,13 +6,16 @@ sampling penalties too (their token history crosses the split); images (data URL
 the whole path; metrics move, and the cache utilizations the autoscaler reads are exact under known load;
 killing an encode worker gives the
 client an error within the deadline, never a hang; restarting NATS recovers without restarting workers; a
-worker told to stop (SIGTERM) drains: it finishes the answer it is streaming while the other takes new work.
+worker told to stop (SIGTERM) drains: it finishes the answer it is streaming while the other takes new work;
+an encode pool at zero replicas holds an image request (counted in the pending gauge the autoscaler wakes the
+pool on) until an encode worker starts, or answers 503 after the cold-start timeout, while text flows.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
 import threading
 import time
@@ -32,7 +35,7 @@ from triptych_operator.spec import parse_spec
 pytest.importorskip("torch")
 
 import numpy as np
-from triptych_contract import METRIC_ITL, METRIC_TTFT
+from triptych_contract import METRIC_ITL, METRIC_PENDING_REQUESTS, METRIC_TTFT
 from triptych_workers.engines.base import MediaItem
 from triptych_workers.engines.reference.model_dir import prepare_model
 from triptych_workers.engines.reference.prompt import ReferencePrompter
@@ -432,6 +435,84 @@ def test_killed_encoder_and_nats_restart(tmp_path: Path, nats: NatsServerProcess
         assert time.monotonic() - started < 25
         # Text-only requests skip encode and still work.
         assert _stream_text(client, TEXT)
+
+
+def test_an_image_request_is_held_while_encode_is_at_zero_and_served_once_it_starts(
+    tmp_path: Path, nats: NatsServerProcess, model_dir: Path, expected: dict[str, Answer]
+) -> None:
+    """E/PD with the encode pool scaled to zero (no encode process): the frontend is ready, answers text at
+    once, and holds an image request, counted in ``triptych_pending_requests{role="encode"}``, until an
+    encode worker starts; the answer is then token-identical to every mode's, and nothing is pending."""
+    base = base_config(
+        "dcold", "E/PD", model_dir, nats.url, requestTimeoutSeconds=90, coldStartTimeoutSeconds=90
+    )
+    pd = start_role(tmp_path, "dcold-pd", "pd", {**base, "role": "decode"})
+    frontend = start_role(tmp_path, "dcold-frontend", "frontend", {**base, "role": "frontend"})
+    procs = [pd, frontend]
+    try:
+        wait_ready(procs)
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{frontend.http_port}/v1", api_key="unused", max_retries=0, timeout=120
+        )
+        assert frontend.sample_sum(METRIC_PENDING_REQUESTS, role="encode") == 0
+        outcome: list[Answer | BaseException] = []
+
+        def request() -> None:
+            try:
+                outcome.append(_answer(client, image_content(png(7))))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=request)
+        thread.start()
+        wait_for(
+            "the image request to be held for encode",
+            lambda: frontend.sample_sum(METRIC_PENDING_REQUESTS, role="encode") == 1 or None,
+            timeout=20,
+            interval=0.05,
+        )
+        assert _answer(client, TEXT) == expected["text"]  # text never touches encode: served meanwhile
+        assert not outcome, outcome
+        assert frontend.sample_sum(METRIC_PENDING_REQUESTS, role="encode") == 1
+
+        procs.append(start_role(tmp_path, "dcold-encode", "encode", {**base, "role": "encode"}))
+        thread.join(timeout=100)
+        assert not thread.is_alive(), "the held request hung after the encode worker started"
+        (answer,) = outcome
+        assert isinstance(answer, Answer), answer
+        assert answer == expected["image"]
+        assert frontend.sample_sum(METRIC_PENDING_REQUESTS, role="encode") == 0
+    finally:
+        stop_procs(procs)
+
+
+def test_an_image_request_gets_a_503_when_no_encode_worker_comes_up_in_time(
+    tmp_path: Path, nats: NatsServerProcess, model_dir: Path
+) -> None:
+    """``serving.coldStartTimeoutSeconds: 1`` and no encode worker ever: the frontend (ready without one)
+    holds the image request for that long, then answers 503 saying why; nothing stays pending."""
+    base = base_config("dcold503", "E/PD", model_dir, nats.url, coldStartTimeoutSeconds=1)
+    frontend = start_role(tmp_path, "dcold503-frontend", "frontend", {**base, "role": "frontend"})
+    try:
+        wait_ready([frontend])
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{frontend.http_port}/v1", api_key="unused", max_retries=0, timeout=30
+        )
+        started = time.monotonic()
+        with pytest.raises(openai.InternalServerError) as refused:
+            _answer(client, image_content(png(7)))
+        assert 1 <= time.monotonic() - started < 10
+        assert refused.value.status_code == 503
+        assert refused.value.code == "pool_unavailable"
+        assert re.search(
+            r"no encode worker became ready within 1(\.\d)? s \(the encode pool is scaled to zero or "
+            r"starting\); retry later",
+            refused.value.message,
+        ), refused.value.message
+        assert frontend.sample_sum(METRIC_PENDING_REQUESTS, role="encode") == 0
+        assert frontend.sample_sum("triptych_requests_total", outcome="busy") == 1
+    finally:
+        stop_procs([frontend])
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from triptych_workers.roles.frontend.router import api_router
 from triptych_workers.roles.frontend.serving import Admission, ServingContext
 from triptych_workers.roles.frontend.serving_chat import OpenAIServingChat
 from triptych_workers.roles.frontend.serving_completion import OpenAIServingCompletion
-from triptych_workers.roles.pipeline import NatsPipeline, Pipeline
+from triptych_workers.roles.pipeline import NatsPipeline, Pipeline, PoolUnavailable
 from triptych_workers.roles.routing import encode_router
 from triptych_workers.roles.server import (
     HttpServer,
@@ -83,7 +83,15 @@ def create_app(
 
     # One handler: registered for Exception (anything unknown -> 500) and, so that expected errors do not
     # travel through Starlette's server-error middleware, for the roots of our own trees.
-    for exc_type in (Exception, ClientError, TransportError, Overloaded, DeadlineExceeded, TimeoutError):
+    for exc_type in (
+        Exception,
+        ClientError,
+        TransportError,
+        Overloaded,
+        DeadlineExceeded,
+        TimeoutError,
+        PoolUnavailable,
+    ):
         app.add_exception_handler(exc_type, openai_error)
 
     app.include_router(
@@ -123,6 +131,11 @@ async def run_frontend(settings: Settings) -> None:
                 encode_workers=board.workers,
                 connected=lambda: conn.is_connected,
                 route=encode_router(config.serving.encode_routing),
+                # An image request that finds the encode pool at zero replicas waits for it here, counted
+                # in the gauge the autoscaler wakes the pool on. Readiness stays independent of encode:
+                # text-only traffic must keep flowing while encode is at zero.
+                pending=metrics.pending,
+                cold_start_timeout_s=config.serving.cold_start_timeout_seconds,
             )
             app = create_app(config, pipeline=pipeline, prompter=prompter, metrics=metrics)
             api = HttpServer(

@@ -2,8 +2,9 @@
 
 ``error_body`` serves the app's exception handler (a JSON body with its status) and a stream whose headers
 are already gone (``error_sse``: the same body as an event); both also give the outcome the request is
-counted under. A ``ClientError`` keeps its own status, timeouts become 504, an unavailable or lost worker 503,
-and anything else a 500 that reveals nothing.
+counted under. A ``ClientError`` keeps its own status, timeouts become 504, an unavailable or lost worker 503
+(as does a pool that stayed empty while the request was held for it: ``PoolUnavailable``), and anything else
+a 500 that reveals nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 from triptych_workers.errors import ClientError
 from triptych_workers.metrics import Outcome
 from triptych_workers.protocol import ErrorInfo, ErrorResponse
+from triptych_workers.roles.pipeline import PoolUnavailable
 from triptych_workers.transport import (
     DeadlineExpired,
     NoResponders,
@@ -62,6 +64,11 @@ def error_body(exc: BaseException) -> tuple[int, ErrorResponse, Outcome]:
             type="service_unavailable",
             code="worker_lost",
         )
+        return 503, ErrorResponse(error=info), "busy"
+    if isinstance(exc, PoolUnavailable):
+        # The request waited for a pool scaled to zero (or starting) that did not come up in time: say so,
+        # the message names the role and the wait. No Retry-After: this handler's responses carry no headers.
+        info = ErrorInfo(message=str(exc), type="service_unavailable", code="pool_unavailable")
         return 503, ErrorResponse(error=info), "busy"
     if isinstance(exc, Overloaded | WorkerBusy | NoResponders):
         info = ErrorInfo(
