@@ -30,12 +30,15 @@ from kubernetes.client.exceptions import ApiException
 from triptych_contract import API_GROUP, API_VERSION, KIND, LABEL_DEPLOYMENT, PLURAL
 
 from triptych_operator.builders.objects import GPU_PRODUCT_LABEL
-from triptych_operator.naming import FIELD_MANAGER, MANAGED_BY
+from triptych_operator.naming import FIELD_MANAGER, MANAGED_BY, SEED_FIELD_MANAGER
 from triptych_operator.plan import ChildRef, NodeFacts
+from triptych_operator.spec import ROLE_KIND, ROLE_PLURAL
 
 BODY_LIMIT = 512  # characters of a response body kept in an error message
 REQUEST_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds: no request may hang a reconcile forever
 NODE_FACTS_TTL = 10.0  # seconds; nodes change rarely, and every reconcile would otherwise list them
+# kwok marks the nodes it simulates; their pods' IPs are fake and must never be connected to.
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -130,6 +133,7 @@ _PATHS: dict[tuple[str, str], tuple[str, str]] = {
     ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
     ("v1", "Service"): ("/api/v1", "services"),
     ("v1", "ConfigMap"): ("/api/v1", "configmaps"),
+    (f"{API_GROUP}/{API_VERSION}", ROLE_KIND): (f"/apis/{API_GROUP}/{API_VERSION}", ROLE_PLURAL),
 }
 CHILD_KINDS: tuple[tuple[str, str], ...] = tuple(_PATHS)
 _CR_PREFIX = f"/apis/{API_GROUP}/{API_VERSION}"
@@ -306,7 +310,42 @@ class Kube:
             return False
         return True
 
+    def seed_replicas(self, obj: Mapping[str, Any], replicas: int) -> dict[str, Any]:
+        """Give a new MultimodalRole its first spec.replicas under a field manager of its own: the main
+        apply never names the field, so whatever drives /scale afterwards (an HPA) owns it alone."""
+        meta = obj["metadata"]
+        path = f"{_collection(obj['apiVersion'], obj['kind'], meta['namespace'])}/{meta['name']}"
+        result: dict[str, Any] = self._request(
+            "PATCH",
+            path,
+            query=[("fieldManager", SEED_FIELD_MANAGER)],
+            body={"spec": {"replicas": replicas}},
+            content_type="application/merge-patch+json",
+            what=f"seed replicas of {obj['kind']} {meta['namespace']}/{meta['name']}",
+        )
+        return result
+
+    def patch_child_status(self, obj: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        """Merge-patch a child's /status (a MultimodalRole's replicas and selector for /scale)."""
+        meta = obj["metadata"]
+        path = f"{_collection(obj['apiVersion'], obj['kind'], meta['namespace'])}/{meta['name']}/status"
+        self._request(
+            "PATCH",
+            path,
+            body={"status": dict(status)},
+            content_type="application/merge-patch+json",
+            what=f"patch {obj['kind']} {meta['namespace']}/{meta['name']} status",
+        )
+
     # ------------------------------------------------------------------------------------------ observing
+
+    def replica_sets(self, namespace: str, owner: str) -> list[dict[str, Any]]:
+        """The ReplicaSets of one MultimodalDeployment's Deployments (which pods are current)."""
+        return self._list(
+            f"/apis/apps/v1/namespaces/{namespace}/replicasets",
+            _selector({LABEL_DEPLOYMENT: owner}),
+            f"list replicasets of {namespace}/{owner}",
+        )
 
     def pods(self, namespace: str, owner: str) -> list[dict[str, Any]]:
         return self._list(
@@ -324,16 +363,30 @@ class Kube:
             nodes = self._list("/api/v1/nodes", "", "list nodes")
             resources: set[str] = set()
             products: set[str] = set()
+            fake: set[str] = set()
             for node in nodes:
+                annotations = (node.get("metadata") or {}).get("annotations") or {}
+                if annotations.get(KWOK_NODE_ANNOTATION) == "fake":
+                    fake.add(str(node["metadata"].get("name")))
                 for name, quantity in ((node.get("status") or {}).get("allocatable") or {}).items():
                     if str(quantity) not in ("0", "0k", "0m"):
                         resources.add(name)
                 product = ((node.get("metadata") or {}).get("labels") or {}).get(GPU_PRODUCT_LABEL)
                 if product:
                     products.add(product)
-            cached.value = NodeFacts(frozenset(resources), frozenset(products))
+            cached.value = NodeFacts(frozenset(resources), frozenset(products), frozenset(fake))
             cached.at = time.monotonic()
             return cached.value
+
+    def peering(self, name: str) -> dict[str, Any]:
+        """The status of kopf's ClusterKopfPeering `name` (peer id -> priority, lifetime, lastseen)."""
+        try:
+            obj = self._request(
+                "GET", f"/apis/kopf.dev/v1/clusterkopfpeerings/{name}", what=f"get peering {name}"
+            )
+        except NotFound:
+            return {}
+        return dict(obj.get("status") or {})
 
     def emit_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Record a core/v1 Event on the MultimodalDeployment (`kubectl describe mmdeploy` shows it)."""

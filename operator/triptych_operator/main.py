@@ -19,7 +19,11 @@ import logging
 import random
 
 import kopf
+import prometheus_client
 
+from triptych_operator.autoscaler.evaluate import Autoscaler
+from triptych_operator.autoscaler.metrics import AutoscalerMetrics
+from triptych_operator.autoscaler.sources import MetricsSource, PrometheusSource, ScrapeSource
 from triptych_operator.handlers import build_registry, kopf_settings
 from triptych_operator.handlers.reconcile import Reconciler
 from triptych_operator.kube import Kube
@@ -48,6 +52,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         default="http://0.0.0.0:8080/healthz",
         help="kopf's liveness endpoint (empty: none)",
     )
+    parser.add_argument(
+        "--metrics-port", type=int, default=8081, help="the operator's own /metrics (0: none; default 8081)"
+    )
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
 
@@ -61,6 +68,22 @@ def main(argv: list[str] | None = None) -> None:
     settings = OperatorSettings.from_env()
     kube = Kube.from_environment()
     logging.getLogger(__name__).info("worker images: %s", settings.images)
+    priority = peering_priority(args.priority, random.randrange(PRIORITY_SPREAD))  # noqa: S311
+    metrics = AutoscalerMetrics()
+    if args.metrics_port:
+        prometheus_client.start_http_server(args.metrics_port, registry=metrics.registry)
+    source: MetricsSource = (
+        PrometheusSource(settings.prometheus_url)
+        if settings.metrics_source == "prometheus" and settings.prometheus_url
+        else ScrapeSource()
+    )
+    reconciler = Reconciler(
+        kube,
+        settings,
+        autoscaler=Autoscaler(source),
+        metrics=metrics,
+        peering=None if args.standalone else (args.peering, priority),
+    )
     try:
         kopf.run(
             registry=build_registry(),
@@ -68,9 +91,9 @@ def main(argv: list[str] | None = None) -> None:
             clusterwide=True,
             standalone=True if args.standalone else None,
             peering_name=None if args.standalone else args.peering,
-            priority=peering_priority(args.priority, random.randrange(PRIORITY_SPREAD)),  # noqa: S311
+            priority=priority,
             liveness_endpoint=args.liveness or None,
-            memo=kopf.Memo(reconciler=Reconciler(kube, settings)),
+            memo=kopf.Memo(reconciler=reconciler),
         )
     finally:
         kube.close()

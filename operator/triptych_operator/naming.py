@@ -24,6 +24,8 @@ from triptych_operator.spec import Role
 APP_NAME = "triptych"
 MANAGED_BY = "triptych-operator"
 FIELD_MANAGER = "triptych-operator"
+# Only for a new MultimodalRole's first spec.replicas (kube.seed_replicas): never used by the main apply.
+SEED_FIELD_MANAGER = "triptych-operator-seed"
 API_VERSION_FULL = f"{API_GROUP}/{API_VERSION}"
 
 

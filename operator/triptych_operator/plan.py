@@ -23,12 +23,14 @@ from triptych_contract import LABEL_ROLE
 
 from triptych_operator.builders import build_children
 from triptych_operator.builders.objects import GPU_PRODUCT_LABEL
-from triptych_operator.spec import MultimodalDeploymentSpec
+from triptych_operator.spec import ROLE_KIND, MultimodalDeploymentSpec, Role
 from triptych_operator.status import (
     BLOCKER_REASONS,
     READY,
     STALLED,
     Blocker,
+    RoleScaling,
+    TransportReport,
     compute_status,
     invalid_spec_status,
     status_changed,
@@ -49,6 +51,7 @@ class NodeFacts:
 
     resources: frozenset[str]
     gpu_products: frozenset[str]
+    fake_nodes: frozenset[str] = frozenset()  # kwok's: their pods are never connected to
 
 
 @dataclass(frozen=True)
@@ -146,13 +149,78 @@ def stale_children(
     ]
 
 
+def _by_role(items: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    return {str(((i.get("metadata") or {}).get("labels") or {}).get(LABEL_ROLE)): i for i in items}
+
+
+def plan_replicas(
+    spec: MultimodalDeploymentSpec,
+    deployments: Iterable[Mapping[str, Any]],
+    role_scales: Iterable[Mapping[str, Any]],
+    decided: Mapping[Role, int],
+) -> dict[Role, int]:
+    """Replicas of the roles the spec does not set: a Builtin role takes the autoscaler's last decision,
+    else (a restarted operator) what its Deployment has now, else the spec's, always within
+    minReplicas..maxReplicas; an External role takes its MultimodalRole's spec.replicas (the spec's until
+    that object exists)."""
+    live, scales = _by_role(deployments), _by_role(role_scales)
+    out: dict[Role, int] = {}
+    for role in spec.present_roles():
+        role_spec = spec.role(role)
+        if role_spec is None:
+            continue
+        scaler = spec.scaler(role)
+        if scaler == "Builtin" and role_spec.autoscaling is not None:
+            a = role_spec.autoscaling
+            now = (live.get(role) or {}).get("spec", {}).get("replicas")
+            wanted = decided.get(role, int(now) if now is not None else role_spec.replicas)
+            out[role] = min(max(wanted, a.min_replicas), a.max_replicas)
+        elif scaler == "External":
+            given = (scales.get(role) or {}).get("spec", {}).get("replicas")
+            out[role] = int(given) if given is not None else role_spec.replicas
+    return out
+
+
+def role_scale_status(deployment: Mapping[str, Any] | None, selector: Mapping[str, str]) -> dict[str, Any]:
+    """A MultimodalRole's status from its role's Deployment: what /scale reports."""
+    status = (deployment or {}).get("status") or {}
+    return {
+        "replicas": int(status.get("replicas", 0)),
+        "ready": int(status.get("readyReplicas", 0)),
+        "selector": ",".join(f"{k}={v}" for k, v in sorted(selector.items())),
+    }
+
+
+def peering_active(peers: Mapping[str, Any], own_priority: int, now: datetime) -> bool:
+    """Whether this operator is the one kopf lets work, from the peering object's status (peer id ->
+    priority, lifetime, lastseen): no live peer outranks it and none shares its priority (kopf pauses
+    both then). The autoscaler's loop is not a kopf handler, so it asks this itself."""
+    same = 0
+    for peer in peers.values():
+        if not isinstance(peer, Mapping):
+            continue
+        try:
+            seen = datetime.fromisoformat(str(peer.get("lastseen")))
+            alive = (now - seen).total_seconds() < float(peer.get("lifetime", 60))
+            priority = int(peer.get("priority", 0))
+        except (TypeError, ValueError):
+            continue
+        if alive and priority > own_priority:
+            return False
+        same += alive and priority == own_priority
+    return same <= 1
+
+
 # ------------------------------------------------------------------------------------------------ drift
 
 
+GENERATION_KINDS = ("Deployment", ROLE_KIND)  # kinds with a status subresource: status writes keep generation
+
+
 def applied_marker(kind: str, meta: Mapping[str, Any]) -> str:
-    """What identifies the state we applied: a Deployment's generation (its controller's status writes
+    """What identifies the state we applied: a Deployment's or MultimodalRole's generation (status writes
     move resourceVersion, not generation), any other kind's resourceVersion."""
-    return str(meta.get("generation") if kind == "Deployment" else meta.get("resourceVersion"))
+    return str(meta.get("generation") if kind in GENERATION_KINDS else meta.get("resourceVersion"))
 
 
 def drifted(applied: Mapping[tuple[str, str], str], kind: str, meta: Mapping[str, Any]) -> bool:
@@ -224,11 +292,17 @@ def plan_status(
     deployments: Sequence[Mapping[str, Any]],
     blockers: Sequence[Blocker],
     now: datetime,
+    *,
+    scaling: Mapping[str, RoleScaling] | None = None,
+    transport: Sequence[TransportReport] | None = None,
 ) -> StatusUpdate | None:
-    """The owner's new status from its child Deployments and pod blockers; None when it is unchanged."""
+    """The owner's new status from its child Deployments, pod blockers and the autoscaler's last
+    observation; None when it is unchanged."""
     previous = owner.get("status")
     generation = int((owner.get("metadata") or {}).get("generation", 0))
-    new = compute_status(spec, generation, deployments, previous, now, blockers=blockers)
+    new = compute_status(
+        spec, generation, deployments, previous, now, blockers=blockers, scaling=scaling, transport=transport
+    )
     if not status_changed(previous, new):
         return None
     return _update(previous, status_to_dict(new))
@@ -307,10 +381,13 @@ __all__ = [
     "is_ready",
     "merge_patch",
     "needs_node_facts",
+    "peering_active",
     "plan_children",
     "plan_invalid",
+    "plan_replicas",
     "plan_status",
     "pod_blockers",
     "rdma_available",
+    "role_scale_status",
     "stale_children",
 ]

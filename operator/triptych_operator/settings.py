@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from triptych_contract import Backend
 
 from triptych_operator.builders.backends import PROFILES
@@ -34,7 +34,8 @@ class OperatorSettings(BaseModel):
 
     Environment (all optional): TRIPTYCH_OPERATOR_IMAGE_<BACKEND> (VLLM, SGLANG, TRTLLM, REFERENCE),
     TRIPTYCH_OPERATOR_FRONTEND_IMAGE, TRIPTYCH_OPERATOR_IMAGE_PULL_POLICY, TRIPTYCH_OPERATOR_NATS_URL,
-    TRIPTYCH_OPERATOR_SHM_<BACKEND> (a quantity), TRIPTYCH_OPERATOR_PROGRESS_DEADLINE_SECONDS.
+    TRIPTYCH_OPERATOR_SHM_<BACKEND> (a quantity), TRIPTYCH_OPERATOR_PROGRESS_DEADLINE_SECONDS,
+    TRIPTYCH_OPERATOR_METRICS_SOURCE (scrape | prometheus), TRIPTYCH_OPERATOR_PROMETHEUS_URL.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -55,6 +56,17 @@ class OperatorSettings(BaseModel):
     # /dev/shm (a memory emptyDir) of worker pods per backend; each profile says what its engine needs.
     shm_sizes: dict[Backend, str] = Field(default_factory=_default_shm_sizes)
     progress_deadline_seconds: int = Field(default=1200, ge=60)
+    # Where the autoscaler reads the workers' metrics: their pods' /metrics, or a Prometheus server.
+    metrics_source: Literal["scrape", "prometheus"] = "scrape"
+    prometheus_url: str | None = Field(
+        default=None, description="Base URL of the Prometheus HTTP API (metrics_source prometheus)."
+    )
+
+    @model_validator(mode="after")
+    def _prometheus_needs_url(self) -> OperatorSettings:
+        if self.metrics_source == "prometheus" and not self.prometheus_url:
+            raise ValueError("metrics_source prometheus needs TRIPTYCH_OPERATOR_PROMETHEUS_URL")
+        return self
 
     def image_for(self, backend: Backend) -> str:
         return self.images[backend]
@@ -79,6 +91,8 @@ class OperatorSettings(BaseModel):
             ("IMAGE_PULL_POLICY", "image_pull_policy"),
             ("NATS_URL", "nats_url"),
             ("PROGRESS_DEADLINE_SECONDS", "progress_deadline_seconds"),
+            ("METRICS_SOURCE", "metrics_source"),
+            ("PROMETHEUS_URL", "prometheus_url"),
         ):
             value = get(key)
             if value is not None:

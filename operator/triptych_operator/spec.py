@@ -479,7 +479,8 @@ class ScalingBehaviorSpec(ApiModel):
 
 
 class AutoscalingSpec(ApiModel):
-    """Autoscaling of this role on the metrics its workers publish (stored now, acted on by the autoscaler)."""  # noqa: E501
+    """Autoscaling of this role: by the operator on the metrics its workers publish, or by a user's HPA or
+    KEDA through the role's /scale."""
 
     model_config = ConfigDict(
         json_schema_extra=_validations(
@@ -489,10 +490,11 @@ class AutoscalingSpec(ApiModel):
                 field_path=".minReplicas",
             ),
             cel(
-                "!self.enabled || (has(self.targets) && (has(self.targets.queueDepth) || "
-                "has(self.targets.cacheUtilization) || has(self.targets.inFlight)))",
+                "!self.enabled || (has(self.scaler) && self.scaler == 'External') || (has(self.targets) && "
+                "(has(self.targets.queueDepth) || has(self.targets.cacheUtilization) || "
+                "has(self.targets.inFlight)))",
                 "autoscaling.targets needs queueDepth, inFlight or cacheUtilization when autoscaling is "
-                "enabled",
+                "enabled with the Builtin scaler",
                 field_path=".targets",
                 reason="FieldValueRequired",
             ),
@@ -500,6 +502,13 @@ class AutoscalingSpec(ApiModel):
     )
 
     enabled: bool = Field(default=False, description="Scale this role automatically.")
+    scaler: Literal["Builtin", "External"] = Field(
+        default="Builtin",
+        description="Builtin: the operator's autoscaler decides on targets and behavior (below). External: a "
+        "MultimodalRole <name>-<role> with the scale subresource is created, and whatever drives its /scale "
+        "(a HorizontalPodAutoscaler, a KEDA ScaledObject, kubectl scale) sets the role's replicas; the "
+        "operator leaves them to it and ignores targets, behavior and min/maxReplicas here.",
+    )
     min_replicas: int = Field(default=1, description="Fewest replicas.", ge=0, le=MAX_REPLICAS)
     max_replicas: int = Field(default=1, description="Most replicas.", ge=1, le=MAX_REPLICAS)
     targets: AutoscalingTargets | None = Field(default=None, description="Metric targets.")
@@ -545,8 +554,9 @@ class DeploymentAutoscalingSpec(ApiModel):
 
 _REPLICAS_IN_RANGE = cel(
     "!has(self.autoscaling) || !self.autoscaling.enabled || "
+    "(has(self.autoscaling.scaler) && self.autoscaling.scaler == 'External') || "
     "(self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)",
-    "replicas must lie within autoscaling.minReplicas..maxReplicas when autoscaling is enabled",
+    "replicas must lie within autoscaling.minReplicas..maxReplicas when the Builtin autoscaler is enabled",
     field_path=".replicas",
 )
 _GPUS_MATCH = cel(
@@ -826,6 +836,27 @@ class MultimodalDeploymentSpec(ApiModel):
     def uses_gpus(self) -> bool:
         return self.backend in GPU_BACKENDS
 
+    def scaler(self, role: Role) -> Literal["Spec", "Builtin", "External"]:
+        """Who sets the role's replicas: the spec, the operator's autoscaler, or the role's /scale."""
+        role_spec = self.role(role)
+        a = role_spec.autoscaling if role_spec is not None else None
+        if a is None or not a.enabled:
+            return "Spec"
+        return a.scaler
+
+    def autoscaled(self) -> dict[Role, AutoscalingSpec]:
+        """The present roles the Builtin autoscaler decides, with their autoscaling."""
+        out: dict[Role, AutoscalingSpec] = {}
+        for role in self.present_roles():
+            role_spec = self.role(role)
+            if role_spec is not None and role_spec.autoscaling is not None and self.scaler(role) == "Builtin":
+                out[role] = role_spec.autoscaling
+        return out
+
+    def externally_scaled(self) -> list[Role]:
+        """The present roles whose replicas their MultimodalRole's /scale sets."""
+        return [r for r in self.present_roles() if self.scaler(r) == "External"]
+
 
 # ------------------------------------------------------------------------------------------------ status
 
@@ -833,7 +864,9 @@ class MultimodalDeploymentSpec(ApiModel):
 class Condition(ApiModel):
     """A status condition (metav1.Condition's shape)."""
 
-    type: str = Field(description="Ready, Reconciling or Stalled.", max_length=316)
+    type: str = Field(
+        description="Ready, Reconciling, Stalled (kstatus) or TransportDegraded.", max_length=316
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(description="CamelCase reason of the last change.", max_length=1024)
     message: str = Field(default="", description="Human-readable detail.", max_length=32768)
@@ -852,15 +885,39 @@ class RoleStatus(ApiModel):
     replicas: int = Field(default=0, description="Pods that exist.", ge=0)
     ready: int = Field(default=0, description="Pods that are ready.", ge=0)
     updated: int = Field(default=0, description="Pods running the current template.", ge=0)
-    queue_depth: int | None = Field(default=None, description="Average requests waiting per replica.", ge=0)
-    cache_utilization: int | None = Field(
-        default=None, description="Average cache utilization per replica, percent.", ge=0, le=100
+    queue_depth: float | None = Field(
+        default=None, description="Requests waiting per ready replica, as the autoscaler last saw it.", ge=0
+    )
+    in_flight: float | None = Field(
+        default=None,
+        description="Requests being served per ready replica, as the autoscaler last saw it.",
+        ge=0,
+    )
+    cache_utilization: float | None = Field(
+        default=None,
+        description="Cache utilization per ready replica in percent (encoder cache on encode, KV cache on "
+        "prefill/decode), as the autoscaler last saw it.",
+        ge=0,
+        le=100,
+    )
+    pending: int | None = Field(
+        default=None,
+        description="Requests the frontends hold for this role while it has no ready replica (encode at "
+        "zero).",
+        ge=0,
     )
     last_scale_time: datetime | None = Field(
         default=None,
         description="When the autoscaler last changed desired.",
         json_schema_extra={"format": "date-time"},
     )
+    scaler: str = Field(
+        default="",
+        description="Who sets this role's replicas: Spec (spec.roles.<role>.replicas), Builtin (the "
+        "operator's autoscaler) or External (the role's MultimodalRole /scale).",
+        max_length=16,
+    )
+    scaling: str = Field(default="", description="The autoscaler's last decision and why.", max_length=1024)
     reason: str = Field(default="", description="Why the role is not ready, if it is not.", max_length=1024)
 
 
@@ -878,6 +935,37 @@ class MultimodalDeploymentStatus(ApiModel):
     roles: dict[str, RoleStatus] = Field(default_factory=dict, description="Per-role state, keyed by role.")
     summary: dict[str, str] = Field(
         default_factory=dict, description="Per-role 'ready/desired' (e.g. 2/2) for kubectl get's columns."
+    )
+
+
+# ------------------------------------------------------------------------------------------------ role /scale
+
+ROLE_KIND = "MultimodalRole"
+ROLE_PLURAL = "multimodalroles"
+ROLE_SHORT_NAMES = ("mmrole",)
+
+
+class MultimodalRoleSpec(ApiModel):
+    """The replicas a user's HorizontalPodAutoscaler, KEDA ScaledObject or `kubectl scale` sets for one role
+    of a MultimodalDeployment (the operator creates this object for roles with autoscaling.scaler External,
+    and follows spec.replicas)."""
+
+    replicas: int = Field(
+        default=1, description="Replicas of the role's pool (the /scale subresource's spec.replicas).", ge=0,
+        le=MAX_REPLICAS,
+    )  # fmt: skip
+
+
+class MultimodalRoleStatus(ApiModel):
+    """Written by the operator: what the /scale subresource reports."""
+
+    replicas: int = Field(default=0, description="Pods of the role that exist.", ge=0)
+    ready: int = Field(default=0, description="Pods of the role that are ready.", ge=0)
+    selector: str = Field(
+        default="",
+        description="Label selector of the role's pods (the /scale subresource's status.selector, which an "
+        "HPA uses for pod metrics).",
+        max_length=1024,
     )
 
 
@@ -995,13 +1083,15 @@ def _validate_role(  # noqa: PLR0912 - a flat list of independent checks
                 Violation(f"{path}.autoscaling.minReplicas", "must not exceed autoscaling.maxReplicas")
             )
         t = a.targets
-        if a.enabled and (
-            t is None or (t.queue_depth, t.cache_utilization, t.in_flight) == (None, None, None)
+        if (
+            a.enabled
+            and a.scaler == "Builtin"
+            and (t is None or (t.queue_depth, t.cache_utilization, t.in_flight) == (None, None, None))
         ):
             out.append(
                 Violation(f"{path}.autoscaling.targets", "needs queueDepth, inFlight or cacheUtilization")
             )
-        if a.enabled and not a.min_replicas <= role.replicas <= a.max_replicas:
+        if a.enabled and a.scaler == "Builtin" and not a.min_replicas <= role.replicas <= a.max_replicas:
             out.append(Violation(f"{path}.replicas", "must lie within autoscaling.minReplicas..maxReplicas"))
     for i, env in enumerate(role.env):
         if env.name.startswith(RESERVED_ENV_PREFIX):
@@ -1139,10 +1229,15 @@ def parse_resource(obj: Mapping[str, Any]) -> MultimodalDeploymentSpec:
 
 __all__ = [
     "MAX_NAME_LENGTH",
+    "ROLE_KIND",
+    "ROLE_PLURAL",
+    "ROLE_SHORT_NAMES",
     "AutoscalingSpec",
     "Condition",
     "MultimodalDeploymentSpec",
     "MultimodalDeploymentStatus",
+    "MultimodalRoleSpec",
+    "MultimodalRoleStatus",
     "RoleStatus",
     "SpecError",
     "Violation",

@@ -20,6 +20,8 @@ from triptych_operator.spec import Condition, MultimodalDeploymentSpec, Multimod
 
 READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
 CONDITION_TYPES = (READY, RECONCILING, STALLED)
+# Not a kstatus condition: True while some worker runs on another data plane than the one configured.
+TRANSPORT_DEGRADED = "TransportDegraded"
 # Pod-level reasons the kube module reports as blockers.
 BLOCKER_REASONS = (
     "Unschedulable",
@@ -38,6 +40,28 @@ class Blocker:
     role: str
     reason: str  # e.g. Unschedulable, ErrImagePull, ImagePullBackOff
     message: str
+
+
+@dataclass(frozen=True)
+class RoleScaling:
+    """What the autoscaler last saw and decided for one role (written into its RoleStatus)."""
+
+    scaler: str  # Spec, Builtin or External
+    observed: Mapping[str, float]  # queueDepth / inFlight / cacheUtilization -> mean per ready replica
+    reason: str = ""
+    pending: int | None = None
+    last_scale_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TransportReport:
+    """A worker pod reporting that its data plane is not the one configured (RDMA requested, TCP used)."""
+
+    role: str
+    pod: str
+    requested: str
+    effective: str
+    reason: str
 
 
 def _cond(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
@@ -61,14 +85,25 @@ def _role_state(
     deployment: Mapping[str, Any] | None,
     previous: RoleStatus | None,
     blockers: Sequence[Blocker],
+    *,
+    scaling: RoleScaling | None = None,
 ) -> _RoleState:
     keep: dict[str, Any] = {}
-    if previous is not None:
+    if scaling is not None:
         keep = {
-            "queue_depth": previous.queue_depth,
-            "cache_utilization": previous.cache_utilization,
-            "last_scale_time": previous.last_scale_time,
+            "scaler": scaling.scaler,
+            "queue_depth": _rounded(scaling.observed.get("queueDepth")),
+            "in_flight": _rounded(scaling.observed.get("inFlight")),
+            "cache_utilization": _rounded(scaling.observed.get("cacheUtilization")),
+            "pending": scaling.pending,
+            "scaling": scaling.reason[:1024],
+            "last_scale_time": scaling.last_scale_time,
         }
+    elif previous is not None:  # a refresh without a new observation keeps the last one
+        keep = previous.model_dump(
+            include={"scaler", "queue_depth", "in_flight", "cache_utilization", "pending", "scaling",
+                     "last_scale_time"}
+        )  # fmt: skip
     if deployment is None:
         st = RoleStatus(desired=desired_spec, reason="Creating", **keep)
         return _RoleState(st, False, None, f"{role}: Deployment not created yet")
@@ -100,6 +135,28 @@ def _role_state(
     reason = "" if done else (stall[0] if stall else "RollingOut")
     st = RoleStatus(desired=desired, replicas=replicas, ready=ready, updated=updated, reason=reason, **keep)
     return _RoleState(st, done and stall is None, stall, progress)
+
+
+def _rounded(value: float | None) -> float | None:
+    """Two decimals: status changes (and is written) only when what a person reads changes."""
+    return None if value is None else round(value, 2)
+
+
+def _transport_condition(
+    previous: Sequence[Condition],
+    reports: Sequence[TransportReport] | None,
+    generation: int,
+    now: datetime,
+) -> Condition | None:
+    """TransportDegraded from the last observation's reports; without one, the previous condition."""
+    if reports is None:
+        return next((c for c in previous if c.type == TRANSPORT_DEGRADED), None)
+    if not reports:
+        return _condition(previous, TRANSPORT_DEGRADED, "False", "AsConfigured", "", generation, now)
+    message = "; ".join(
+        f"{r.role} pod {r.pod}: {r.requested} requested, {r.effective} in use ({r.reason})" for r in reports
+    )
+    return _condition(previous, TRANSPORT_DEGRADED, "True", "FellBack", message, generation, now)
 
 
 def _condition(  # noqa: PLR0917
@@ -143,16 +200,35 @@ def compute_status(
     now: datetime,
     *,
     blockers: Sequence[Blocker] = (),
+    scaling: Mapping[str, RoleScaling] | None = None,
+    transport: Sequence[TransportReport] | None = None,
 ) -> MultimodalDeploymentStatus:
     """The status after reconciling `generation`: per-role counts from the child Deployments (matched by
-    the role label), Ready/Reconciling/Stalled, per-role 'ready/desired' summaries."""
+    the role label), Ready/Reconciling/Stalled, per-role 'ready/desired' summaries; with an autoscaler
+    observation (`scaling`, `transport`), what it saw and decided and TransportDegraded."""
     prev = _previous(previous)
     by_role = {(d.get("metadata") or {}).get("labels", {}).get(LABEL_ROLE): d for d in deployments}
     states: dict[str, _RoleState] = {}
     for role in spec.present_roles():
         role_spec = spec.role(role)
         desired = role_spec.replicas if role_spec is not None else 0
-        states[role] = _role_state(role, desired, by_role.get(role), prev.roles.get(role), blockers)
+        states[role] = _role_state(
+            role,
+            desired,
+            by_role.get(role),
+            prev.roles.get(role),
+            blockers,
+            scaling=(scaling or {}).get(role),
+        )
+        state = states[role]
+        scaler_now = spec.scaler(role)
+        if state.status.scaler != scaler_now:
+            states[role] = _RoleState(
+                state.status.model_copy(update={"scaler": scaler_now}),
+                state.done,
+                state.stall,
+                state.progress,
+            )
     stalls = [s.stall for s in states.values() if s.stall is not None]
     pending = [s.progress for s in states.values() if not s.done]
     ready = not pending and not stalls
@@ -182,6 +258,9 @@ def compute_status(
             _condition(conds, STALLED, "False", "Ready", "", generation, now),
         ]
     assert ready == (conditions[0].status == "True")
+    degraded = _transport_condition(conds, transport, generation, now)
+    if degraded is not None:
+        conditions.append(degraded)
     return MultimodalDeploymentStatus(
         observed_generation=generation,
         mode=spec.mode,

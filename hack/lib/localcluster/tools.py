@@ -23,6 +23,10 @@ PACKAGES = {
     "iproute2": "/usr/sbin/ip",
     "nats-server": "/usr/sbin/nats-server",
     "socat": "/usr/bin/socat",
+    # Certificates the cluster issues itself (pki.py: the API server's front proxy, KEDA's).
+    "openssl": "/usr/bin/openssl",
+    # The autoscaler's Prometheus metrics source is tested against a real Prometheus (tests/e2e/autoscaling).
+    "prometheus": "/usr/bin/prometheus",
 }
 
 

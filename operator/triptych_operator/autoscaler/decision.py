@@ -227,6 +227,10 @@ def decide(  # noqa: PLR0917 - the HPA's inputs, all of them
     """The role's replicas after this evaluation, and why. Records the recommendation and any change in
     `history` (the caller keeps one History per role)."""
     recommended = recommend_all(current, readings, behavior.tolerance)
+    if not history.recommendations:
+        # First sight of the role: the HPA seeds its recommendations with the current replicas, so a
+        # (re)started autoscaler waits out the scale-down window before shrinking anything.
+        history.recommendations.append((now, current))
     stabilized = _stabilized(recommended.replicas, current, behavior, history, now)
     reason = f"{role}: {recommended.reason}"
     if stabilized != recommended.replicas:

@@ -37,8 +37,15 @@ from triptych_contract import (
 )
 
 from triptych_operator.builders.backends import EngineCommand, PodContext, profile_for
-from triptych_operator.naming import child_name, labels, owner_reference, selector_labels, service_host
-from triptych_operator.spec import MultimodalDeploymentSpec, Role, WorkerRole, parse_quantity
+from triptych_operator.naming import (
+    API_VERSION_FULL,
+    child_name,
+    labels,
+    owner_reference,
+    selector_labels,
+    service_host,
+)
+from triptych_operator.spec import ROLE_KIND, MultimodalDeploymentSpec, Role, WorkerRole, parse_quantity
 
 if TYPE_CHECKING:  # settings build their defaults from the backend profiles: no runtime import
     from triptych_operator.settings import OperatorSettings
@@ -386,6 +393,20 @@ def build_deployment(  # noqa: PLR0917 - the builders' uniform (name, namespace,
     }
 
 
+def build_role_scale(
+    name: str, namespace: str, uid: str, spec: MultimodalDeploymentSpec, role: Role
+) -> dict[str, Any]:
+    """The role's MultimodalRole (autoscaling.scaler External): the object whose /scale a user's HPA or
+    KEDA drives. No spec.replicas here: the operator seeds it once (kube.seed_replicas) and never applies
+    it, so the field belongs to whatever scales the role."""
+    return {
+        "apiVersion": API_VERSION_FULL,
+        "kind": ROLE_KIND,
+        "metadata": _metadata(name, namespace, uid, spec, role),
+        "spec": {},
+    }
+
+
 def build_role(  # noqa: PLR0917 - the builders' uniform (name, namespace, uid, spec, role, ...)
     name: str,
     namespace: str,
@@ -413,13 +434,15 @@ def build_role(  # noqa: PLR0917 - the builders' uniform (name, namespace, uid, 
         rdma=rdma,
         replicas=replicas,
     )
-    return [config_map, build_service(name, namespace, uid, spec, role), deployment]
+    scale = [build_role_scale(name, namespace, uid, spec, role)] if spec.scaler(role) == "External" else []
+    return [*scale, config_map, build_service(name, namespace, uid, spec, role), deployment]
 
 
 __all__ = [
     "build_config_map",
     "build_deployment",
     "build_role",
+    "build_role_scale",
     "build_service",
     "config_hash",
     "worker_config",

@@ -15,6 +15,7 @@ from triptych_contract import API_GROUP, API_VERSION, KIND, LABEL_DEPLOYMENT, PL
 
 from triptych_operator.handlers.reconcile import Reconciler
 from triptych_operator.naming import MANAGED_BY
+from triptych_operator.spec import ROLE_KIND, ROLE_PLURAL
 
 # Watched with our labels: drift in the children, and pod state (scheduling, image pulls) for status.
 CHILDREN = (
@@ -22,6 +23,8 @@ CHILDREN = (
     ("", "v1", "services", "Service"),
     ("", "v1", "configmaps", "ConfigMap"),
     ("", "v1", "pods", "Pod"),
+    # A role's /scale object (autoscaling.scaler External): a user's HPA changing spec.replicas.
+    (API_GROUP, API_VERSION, ROLE_PLURAL, ROLE_KIND),
 )
 OUR_LABELS: dict[str, Any] = {
     LABEL_DEPLOYMENT: kopf.PRESENT,
@@ -77,9 +80,14 @@ def build_registry() -> kopf.OperatorRegistry:
         """The pod's ServiceAccount in the cluster, else $KUBECONFIG (kopf's own readers)."""
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
+    @kopf.on.startup(registry=registry)
+    async def startup(memo: kopf.Memo, **_: Any) -> None:
+        """Start the autoscaler's evaluation loop (it works only while this process is the active peer)."""
+        _reconciler(memo).start_autoscaler()
+
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-        """The operator is stopping: cancel re-queued requests still waiting out their backoff."""
+        """The operator is stopping: stop the autoscaler, cancel re-queued requests still waiting."""
         await _reconciler(memo).close()
 
     @kopf.on.resume(API_GROUP, API_VERSION, PLURAL, id="kopf-resume", registry=registry)

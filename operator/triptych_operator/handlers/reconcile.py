@@ -12,23 +12,43 @@ Two entry points share one per-object gate, so one object is never reconciled tw
   while one is queued are folded into it, so a burst of pod events costs one refresh. Nothing here raises
   into kopf: event handlers are not retried, so a transient failure re-queues itself with a backoff.
 
-No timers or daemons: kopf puts a finalizer on objects that have them, and deletion is left to owner
+No kopf timers or daemons: kopf puts a finalizer on objects that have them, and deletion is left to owner
 references alone (deleting a MultimodalDeployment never waits for the operator). Every state change status
 depends on shows up as an event of a child Deployment or pod, which is what refreshes it.
+
+The autoscaler runs as one loop of this process (`run_autoscaler`, started by kopf's startup handler):
+every second it evaluates each tracked MultimodalDeployment whose `evaluationIntervalSeconds` is due, under
+the same gate (an evaluation never races a reconcile), and only while this process is the peer kopf lets
+work (`plan.peering_active`). A scale goes through the whole path (`_full`, with the replicas the autoscaler
+decided), then an Event per role. Replicas of a role under autoscaling are set by `plan.plan_replicas`:
+the autoscaler's decision (or a role's MultimodalRole for scaler External), never spec.replicas.
+
+Manual scale of a Builtin-autoscaled role (`kubectl scale deployment/<name>-<role>`): the new count,
+clamped to minReplicas..maxReplicas, becomes the role's current replicas and counts as a recommendation
+made at that moment (an Event says so). So a manual scale-up holds for at least the role's scale-down
+stabilization window (300 s by default) before the metrics may take it back, and a manual scale-down below
+what the metrics need is undone at the next evaluation. To pin a size, set minReplicas = maxReplicas or
+turn autoscaling off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from triptych_contract import LABEL_ROLE
 
+from triptych_operator.autoscaler.evaluate import Autoscaler, needs_evaluation
+from triptych_operator.autoscaler.metrics import AutoscalerMetrics
+from triptych_operator.autoscaler.observe import RolePods, current_template_hashes, role_pods
 from triptych_operator.kube import Forbidden, Invalid, Kube, KubeError, TooManyRequests
+from triptych_operator.naming import API_VERSION_FULL, selector_labels
 from triptych_operator.plan import (
     NodeFacts,
     StatusUpdate,
@@ -36,18 +56,25 @@ from triptych_operator.plan import (
     child_refs,
     drifted,
     needs_node_facts,
+    peering_active,
     plan_children,
     plan_invalid,
+    plan_replicas,
     plan_status,
     pod_blockers,
+    role_scale_status,
 )
 from triptych_operator.settings import OperatorSettings
-from triptych_operator.spec import MultimodalDeploymentSpec, SpecError, parse_resource
+from triptych_operator.spec import ROLE_KIND, MultimodalDeploymentSpec, Role, SpecError, parse_resource
 
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name) of a MultimodalDeployment
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)  # child-event re-queues after transient errors
+TICK_S = 1.0  # the autoscaler loop's resolution (evaluation intervals are whole seconds)
+PEERING_CHECK_S = 5.0  # how often the loop asks whether this process is the working peer
+DEPLOYMENT = ("apps/v1", "Deployment")
+ROLE_SCALE = (API_VERSION_FULL, ROLE_KIND)
 
 
 @dataclass
@@ -61,9 +88,25 @@ class _Gate:
 class Reconciler:
     """One per operator process (built in main, handed to the handlers through kopf's memo)."""
 
-    def __init__(self, kube: Kube, settings: OperatorSettings) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        settings: OperatorSettings,
+        *,
+        autoscaler: Autoscaler | None = None,
+        metrics: AutoscalerMetrics | None = None,
+        peering: tuple[str, int] | None = None,
+    ) -> None:
         self.kube = kube
         self.settings = settings
+        self.autoscaler = autoscaler
+        self.metrics = metrics if metrics is not None else AutoscalerMetrics()
+        # (peering object, own kopf priority); None: standalone, always the working peer.
+        self._peering = peering
+        self._active: tuple[float, bool] = (-PEERING_CHECK_S, True)
+        # Deployments the autoscaler evaluates, with their evaluation interval (tracked by every reconcile).
+        self._tracked: dict[Key, float] = {}
+        self._loop: asyncio.Task[None] | None = None
         self._gates: dict[Key, _Gate] = {}
         # What the last apply left on each child (plan.applied_marker). A child event that shows something
         # else means someone changed the child: drift to repair.
@@ -108,12 +151,22 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         """The MultimodalDeployment is gone: drop what is remembered about it."""
         self._applied.pop((namespace, name), None)
+        self._tracked.pop((namespace, name), None)
+        if self.autoscaler is not None:
+            self.autoscaler.forget((namespace, name))
         gate = self._gates.get((namespace, name))
         if gate is not None and not gate.lock.locked() and not gate.queued:
             del self._gates[(namespace, name)]
 
     async def close(self) -> None:
-        """Operator shutdown: cancel re-queued requests still waiting out their backoff (or running)."""
+        """Operator shutdown: stop the autoscaler loop, cancel re-queued requests still waiting out their
+        backoff (or running)."""
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
+            self._loop = None
+        if self.autoscaler is not None:
+            await self.autoscaler.source.aclose()
         retries, self._retries = self._retries, set()
         for retry in retries:
             retry.cancel()
@@ -123,6 +176,146 @@ class Reconciler:
     @property
     def pending_retries(self) -> int:
         return len(self._retries)
+
+    # ------------------------------------------------------------------------------------------ autoscaler
+
+    def start_autoscaler(self) -> None:
+        """Start the evaluation loop (kopf's startup handler calls this; close() stops it)."""
+        if self.autoscaler is not None and self._loop is None:
+            self._loop = asyncio.get_running_loop().create_task(self.run_autoscaler())
+
+    async def run_autoscaler(self) -> None:
+        """Every TICK_S: evaluate each tracked deployment whose interval is due, a few at once."""
+        assert self.autoscaler is not None
+        running: set[asyncio.Task[None]] = set()
+        while True:
+            await asyncio.sleep(TICK_S)
+            if not await self._is_working_peer():
+                continue
+            for key, interval in list(self._tracked.items()):
+                if len(running) >= 8:  # bounded: one slow API server must not pile evaluations up
+                    break
+                if self.autoscaler.due(key, interval):
+                    task = asyncio.create_task(self.evaluate(*key))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+
+    async def _is_working_peer(self) -> bool:
+        if self._peering is None:
+            return True
+        checked, active = self._active
+        now = asyncio.get_running_loop().time()
+        if now - checked < PEERING_CHECK_S:
+            return active
+        name, priority = self._peering
+        try:
+            peers = await asyncio.to_thread(self.kube.peering, name)
+            active = peering_active(peers, priority, datetime.now(UTC))
+        except KubeError as exc:
+            logger.info("peering %s unreadable (%s); the autoscaler waits", name, exc)
+            active = False
+        self._active = (now, active)
+        return active
+
+    async def evaluate(self, namespace: str, name: str) -> None:
+        """One evaluation of one deployment (see the module docstring); never raises into the loop."""
+        assert self.autoscaler is not None
+        key = (namespace, name)
+        started = time.perf_counter()
+        errors_before = self.autoscaler.source.errors
+        outcome = "ok"
+        async with self._gate(key).lock:
+            try:
+                read = await asyncio.to_thread(self._read_for_autoscaler, namespace, name)
+                if read is None:
+                    return
+                owner, spec, deployments, pods, facts = read
+                current = {
+                    str(d["metadata"]["labels"].get(LABEL_ROLE)): int(d["spec"].get("replicas", 0))
+                    for d in deployments
+                }
+                evaluation = await self.autoscaler.evaluate(
+                    key, spec, current, pods, pods.get("frontend", RolePods()).ready
+                )
+                if evaluation.error is not None:
+                    outcome = "source_error"
+                    logger.info("%s/%s: %s", namespace, name, evaluation.error)
+                if evaluation.scales:
+                    await asyncio.to_thread(self._full, namespace, name, prune=False)
+                    for scale in evaluation.scales:
+                        direction = "up" if scale.after > scale.before else "down"
+                        self.metrics.decisions.labels(scale.role, direction).inc()
+                        why = scale.reason.removeprefix(f"{scale.role}: ")
+                        message = f"{scale.role} {scale.before} -> {scale.after}: {why}"
+                        logger.info("%s/%s: scaled %s", namespace, name, message)
+                        await asyncio.to_thread(self._event, owner, "Normal", "Scaled", message)
+                else:
+                    await asyncio.to_thread(self._write_status, owner, spec, deployments, facts)
+            except SpecError:
+                outcome = "api_error"  # the CR's own handler reports it
+            except KubeError as exc:
+                outcome = "api_error"
+                logger.info("%s/%s: autoscaler: %s", namespace, name, exc)
+            finally:
+                self.metrics.evaluations.labels(outcome).inc()
+                self.metrics.scrape_errors.inc(max(0, self.autoscaler.source.errors - errors_before))
+                self.metrics.latency.observe(time.perf_counter() - started)
+
+    def _read_for_autoscaler(
+        self, namespace: str, name: str
+    ) -> (
+        tuple[dict[str, Any], MultimodalDeploymentSpec, list[dict[str, Any]], dict[str, RolePods], NodeFacts]
+        | None
+    ):
+        found = self._owner(namespace, name)
+        if found is None:
+            return None
+        owner, spec = found
+        self._track(namespace, name, spec)
+        deployments = self.kube.list_children(namespace, name, kinds=[DEPLOYMENT])[DEPLOYMENT]
+        hashes = current_template_hashes(deployments, self.kube.replica_sets(namespace, name))
+        facts = self.kube.node_facts()
+        pods = role_pods(self.kube.pods(namespace, name), hashes, facts.fake_nodes)
+        return owner, spec, deployments, pods, facts
+
+    def _track(self, namespace: str, name: str, spec: MultimodalDeploymentSpec) -> None:
+        if self.autoscaler is not None and needs_evaluation(spec):
+            self._tracked[(namespace, name)] = float(spec.autoscaling.evaluation_interval_seconds)
+        else:
+            self._tracked.pop((namespace, name), None)
+
+    def _adopt_manual_scales(
+        self, owner: Mapping[str, Any], spec: MultimodalDeploymentSpec, deployments: list[dict[str, Any]]
+    ) -> None:
+        """The documented manual-scale rule (module docstring): a Builtin role's Deployment whose replicas
+        someone else changed since our last apply."""
+        if self.autoscaler is None:
+            return
+        meta = owner["metadata"]
+        key = (meta["namespace"], meta["name"])
+        decided = self.autoscaler.decided(key)
+        markers = self._applied.get(key, {})
+        for deployment in deployments:
+            role: Role = deployment["metadata"]["labels"].get(LABEL_ROLE)
+            auto = spec.autoscaled().get(role)
+            given = int(deployment["spec"].get("replicas", 0))
+            if auto is None or role not in decided or given == decided[role]:
+                continue
+            if markers.get(("Deployment", deployment["metadata"]["name"])) == applied_marker(
+                "Deployment", deployment["metadata"]
+            ):
+                continue  # our own last apply
+            taken = min(max(given, auto.min_replicas), auto.max_replicas)
+            self.autoscaler.adopt(key, role, taken)
+            clamp = "" if taken == given else f" (clamped to {taken}: minReplicas..maxReplicas)"
+            self._event(
+                owner,
+                "Normal",
+                "ManualScale",
+                f"{role} was scaled to {given} outside the autoscaler{clamp}; taken as its current "
+                "replicas and held for the scale-down stabilization window unless the metrics ask for more "
+                "(set minReplicas = maxReplicas to pin a size)",
+            )
 
     # ------------------------------------------------------------------------------------------ coalescing
 
@@ -181,13 +374,28 @@ class Reconciler:
         if found is None:
             return
         owner, spec = found
+        self._track(namespace, name, spec)
         facts = self.kube.node_facts()
-        existing = child_refs(self.kube.list_children(namespace, name)) if prune else []
-        plan = plan_children(name, namespace, owner["metadata"]["uid"], spec, self.settings, facts, existing)
+        scaled = bool(spec.autoscaled() or spec.externally_scaled())
+        listed = self.kube.list_children(namespace, name) if prune or scaled else {}
+        existing = child_refs(listed) if prune else []
+        live = listed.get(DEPLOYMENT, [])
+        self._adopt_manual_scales(owner, spec, live)
+        decided = self.autoscaler.decided((namespace, name)) if self.autoscaler is not None else {}
+        replicas = plan_replicas(spec, live, listed.get(ROLE_SCALE, []), decided)
+        plan = plan_children(
+            name, namespace, owner["metadata"]["uid"], spec, self.settings, facts, existing,
+            replicas={str(r): n for r, n in replicas.items()},
+        )  # fmt: skip
         markers = self._applied.setdefault((namespace, name), {})
-        deployments = []
+        deployments, role_scales = [], []
         for child in plan.desired:
             applied = self.kube.apply(child)
+            if applied["kind"] == ROLE_KIND:
+                if "replicas" not in (applied.get("spec") or {}):
+                    role = applied["metadata"]["labels"][LABEL_ROLE]
+                    applied = self.kube.seed_replicas(applied, replicas[role])
+                role_scales.append(applied)
             markers[(applied["kind"], applied["metadata"]["name"])] = applied_marker(
                 applied["kind"], applied["metadata"]
             )
@@ -197,15 +405,17 @@ class Reconciler:
             if self.kube.delete(ref, namespace):
                 markers.pop((ref.kind, ref.name), None)
                 self._event(owner, "Normal", "Pruned", f"deleted {ref.kind} {ref.name}: no longer desired")
-        self._write_status(owner, spec, deployments, facts)
+        self._write_status(owner, spec, deployments, facts, role_scales)
 
     def _refresh(self, namespace: str, name: str) -> None:
         found = self._owner(namespace, name)
         if found is None:
             return
         owner, spec = found
-        listed = self.kube.list_children(namespace, name, kinds=[("apps/v1", "Deployment")])
-        self._write_status(owner, spec, listed[("apps/v1", "Deployment")], None)
+        self._track(namespace, name, spec)
+        kinds = [DEPLOYMENT, ROLE_SCALE] if spec.externally_scaled() else [DEPLOYMENT]
+        listed = self.kube.list_children(namespace, name, kinds=kinds)
+        self._write_status(owner, spec, listed[DEPLOYMENT], None, listed.get(ROLE_SCALE, []))
 
     def _write_status(
         self,
@@ -213,15 +423,39 @@ class Reconciler:
         spec: MultimodalDeploymentSpec,
         deployments: list[dict[str, Any]],
         facts: NodeFacts | None,
+        role_scales: list[dict[str, Any]] | None = None,
     ) -> None:
         meta = owner["metadata"]
         pods = self.kube.pods(meta["namespace"], meta["name"])
         if facts is None and needs_node_facts(pods):
             facts = self.kube.node_facts()
-        update = plan_status(owner, spec, deployments, pod_blockers(pods, facts), datetime.now(UTC))
+        scaling, transport = (
+            self.autoscaler.last((meta["namespace"], meta["name"])) if self.autoscaler else ({}, None)
+        )
+        update = plan_status(
+            owner,
+            spec,
+            deployments,
+            pod_blockers(pods, facts),
+            datetime.now(UTC),
+            scaling={str(r): v for r, v in scaling.items()},
+            transport=transport,
+        )
         self._write(owner, update)
+        self._write_role_scales(meta["name"], deployments, role_scales or [])
         if update is not None:
             logger.info("%s/%s: status %s", meta["namespace"], meta["name"], update.status.get("summary"))
+
+    def _write_role_scales(
+        self, name: str, deployments: list[dict[str, Any]], role_scales: list[dict[str, Any]]
+    ) -> None:
+        """Each MultimodalRole's /scale status from its role's Deployment, written when it changed."""
+        by_role = {d["metadata"]["labels"].get(LABEL_ROLE): d for d in deployments}
+        for scale in role_scales:
+            role: Role = scale["metadata"]["labels"][LABEL_ROLE]
+            status = role_scale_status(by_role.get(role), selector_labels(name, role))
+            if (scale.get("status") or {}) != status:
+                self.kube.patch_child_status(scale, status)
 
     def _write_invalid(self, namespace: str, name: str, message: str) -> None:
         owner = self.kube.get_owner(namespace, name)

@@ -16,6 +16,9 @@ from typing import Any
 
 import kopf
 import pytest
+from triptych_contract import METRIC_QUEUE_DEPTH
+from triptych_operator.autoscaler.evaluate import Autoscaler
+from triptych_operator.autoscaler.sources import PodMetrics
 from triptych_operator.handlers import reconcile as reconcile_module
 from triptych_operator.handlers.reconcile import Reconciler
 from triptych_operator.kube import CHILD_KINDS, ServerError
@@ -23,6 +26,7 @@ from triptych_operator.plan import ChildRef, NodeFacts
 from triptych_operator.settings import OperatorSettings
 
 NS, NAME, UID = "ns", "x", "owner-uid"
+REVISION = "deployment.kubernetes.io/revision"
 
 
 class MemoryKube:
@@ -42,6 +46,8 @@ class MemoryKube:
         self.fail_listing: int = 0  # the next N list_children calls raise a 503
         self.pods_gate: threading.Event | None = None  # when set, pods() waits for it
         self.in_pods = threading.Event()
+        self.pod_list: list[dict[str, Any]] = []
+        self.messages: list[str] = []
         self._version = 0
 
     def _rv(self) -> str:
@@ -65,8 +71,31 @@ class MemoryKube:
         if old is not None and old.get("spec") != new.get("spec"):
             generation += 1
         new["metadata"].update(generation=generation, resourceVersion=self._rv(), uid=f"uid-{key[2]}")
+        if old is not None and old["kind"] == "MultimodalRole":  # the seeded replicas are not ours to drop
+            new["spec"] = {**old["spec"], **new["spec"]}
+        if obj["kind"] == "Deployment":  # what the Deployment controller writes, for the current ReplicaSet
+            new["metadata"].setdefault("annotations", {})[REVISION] = "1"
         self.children[key] = new
         return copy.deepcopy(new)
+
+    def seed_replicas(self, obj: Mapping[str, Any], replicas: int) -> dict[str, Any]:
+        key = (obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
+        self.calls.append(f"seed {obj['metadata']['name']} {replicas}")
+        self.children[key]["spec"]["replicas"] = replicas
+        self.children[key]["metadata"]["generation"] += 1
+        return copy.deepcopy(self.children[key])
+
+    def patch_child_status(self, obj: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        key = (obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
+        self.calls.append(f"status {obj['metadata']['name']}")
+        self.children[key]["status"] = dict(status)
+
+    def replica_sets(self, namespace: str, owner: str) -> list[dict[str, Any]]:
+        return [
+            {"metadata": {"labels": {**d["metadata"]["labels"], "pod-template-hash": "h"},
+                          "annotations": {REVISION: "1"}}}
+            for (_, kind, _), d in self.children.items() if kind == "Deployment"
+        ]  # fmt: skip
 
     def list_children(
         self, namespace: str, owner: str, kinds: Iterable[tuple[str, str]] = CHILD_KINDS
@@ -89,7 +118,7 @@ class MemoryKube:
         self.in_pods.set()
         if self.pods_gate is not None:
             assert self.pods_gate.wait(10), "the test never released pods()"
-        return []
+        return copy.deepcopy(self.pod_list)
 
     def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         self.status_patches.append(dict(patch))
@@ -98,6 +127,7 @@ class MemoryKube:
 
     def emit_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason))
+        self.messages.append(message)
 
 
 def _merge(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
@@ -234,3 +264,82 @@ async def test_an_invalid_spec_is_permanent_and_stalls() -> None:
     stalled = next(c for c in kube.owner["status"]["conditions"] if c["type"] == "Stalled")
     assert (stalled["status"], stalled["reason"]) == ("True", "InvalidSpec")
     assert ("Warning", "InvalidSpec") in kube.events
+
+
+# ------------------------------------------------------------------------------------------------ autoscaling
+
+
+class _QueueSource:
+    """Per-pod queue depths the test sets (stands in for the pods' /metrics; the scrape source itself is
+    tested against real worker pods in tests/e2e/autoscaling)."""
+
+    name = "memory"
+    errors = 0
+
+    def __init__(self) -> None:
+        self.queue: dict[str, float] = {}
+
+    async def collect(self, namespace: str, pods: Any, metrics: Any) -> dict[str, PodMetrics]:
+        return {
+            p.name: PodMetrics({METRIC_QUEUE_DEPTH: self.queue[p.name]}) for p in pods if p.name in self.queue
+        }
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _ready_pod(name: str, role: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"triptych.dev/role": role, "pod-template-hash": "h"}},
+        "spec": {"nodeName": "real"},
+        "status": {"podIP": "10.0.0.9", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def _deployment(kube: MemoryKube, role: str) -> dict[str, Any]:
+    return kube.children[("apps/v1", "Deployment", f"{NAME}-{role}")]
+
+
+async def test_a_scale_is_applied_with_an_event_and_a_manual_scale_is_adopted() -> None:
+    auto = {"enabled": True, "minReplicas": 1, "maxReplicas": 4, "targets": {"queueDepth": 2}}
+    kube = MemoryKube(_spec(decode={"replicas": 1, "autoscaling": auto}))
+    source = _QueueSource()
+    reconciler = Reconciler(kube, OperatorSettings.from_env({}), autoscaler=Autoscaler(source))  # type: ignore[arg-type]
+    await reconciler.reconcile(NS, NAME)
+    kube.pod_list = [_ready_pod("d-1", "decode")]
+    source.queue = {"d-1": 6.0}
+    await reconciler.evaluate(NS, NAME)
+    assert _deployment(kube, "decode")["spec"]["replicas"] == 3
+    assert ("Normal", "Scaled") in kube.events
+    assert any(m.startswith("decode 1 -> 3: queueDepth 6/replica vs target 2 -> 3") for m in kube.messages)
+    status = kube.owner["status"]["roles"]["decode"]
+    assert (status["scaler"], status["queueDepth"]) == ("Builtin", 6.0)
+    # Someone runs `kubectl scale --replicas 4`: the Deployment's generation moves under us.
+    deployment = _deployment(kube, "decode")
+    deployment["spec"]["replicas"] = 4
+    deployment["metadata"]["generation"] += 1
+    await reconciler.reconcile(NS, NAME)
+    assert _deployment(kube, "decode")["spec"]["replicas"] == 4  # taken, not fought
+    assert ("Normal", "ManualScale") in kube.events
+    assert reconciler.autoscaler is not None
+    assert reconciler.autoscaler.decided((NS, NAME)) == {"decode": 4}
+    # The queue is gone, but the manual 4 holds for the scale-down window (300 s by default).
+    source.queue = {"d-1": 0.0}
+    await reconciler.evaluate(NS, NAME)
+    assert _deployment(kube, "decode")["spec"]["replicas"] == 4
+
+
+async def test_an_external_role_follows_its_multimodalrole() -> None:
+    kube = MemoryKube(_spec(decode={"replicas": 2, "autoscaling": {"enabled": True, "scaler": "External"}}))
+    reconciler = Reconciler(kube, OperatorSettings.from_env({}), autoscaler=Autoscaler(_QueueSource()))  # type: ignore[arg-type]
+    await reconciler.reconcile(NS, NAME)
+    role = kube.children[("triptych.dev/v1alpha1", "MultimodalRole", f"{NAME}-decode")]
+    assert role["spec"] == {"replicas": 2}  # seeded once from the spec
+    assert f"seed {NAME}-decode 2" in kube.calls
+    assert role["status"]["selector"] == f"triptych.dev/deployment={NAME},triptych.dev/role=decode"
+    # An HPA writes /scale: spec.replicas 5, generation moves; the operator's next pass follows it.
+    role["spec"]["replicas"] = 5
+    role["metadata"]["generation"] += 1
+    await reconciler.child_changed(NS, NAME, "MultimodalRole", role, deleted=False)
+    assert _deployment(kube, "decode")["spec"]["replicas"] == 5
+    assert kube.calls.count(f"seed {NAME}-decode 2") == 1  # never seeded again
