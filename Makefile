@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help venv lint fmt test test-unit test-integration test-e2e bench demo cluster-up cluster-down \
+.PHONY: help venv lint fmt test test-unit test-integration test-e2e test-keda bench demo cluster-up cluster-down \
         cluster-status images crds verify deploy undeploy run
 
 help: ## list targets
@@ -32,6 +32,12 @@ test: ## every test: unit, integration (real servers, the local cluster), end-to
 
 test-unit: venv ## fast tests without sockets or the cluster
 	$(PY) -m pytest tests/unit
+
+# The KEDA build (cold: minutes; then cached) runs first, where its progress shows; the test's fixtures start
+# the cluster and KEDA if they are not running, and stop what they started.
+test-keda: venv ## opt-in: a real KEDA (built once from Go modules) scales a role from a Prometheus trigger
+	hack/build-tools keda >/dev/null
+	TRIPTYCH_KEDA=1 $(PY) -m pytest tests/e2e/keda
 
 demo: ## bring up the local cluster and show it serving (see README)
 	hack/demo

@@ -17,11 +17,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from localcluster import configs, network
+from localcluster import configs, network, pki
 from localcluster.config import (
     BRIDGE_IP,
     CLUSTER_NAME,
     COREDNS_READY_PORT,
+    KEDA_COMPONENTS,
     KUBE_PROXY_HEALTHZ_PORT,
     KUBELET_HEALTHZ_PORT,
     NODE_KIND_LABEL,
@@ -158,6 +159,7 @@ class Cluster:
         network.setup(settings.apiserver_port)
 
         # Control plane.
+        pki.front_proxy(self.paths.front_proxy_pki)
         cfg = self.paths.state / "kwokctl.yaml"
         cfg.write_text(
             configs.kwokctl_config(
@@ -411,7 +413,8 @@ class Cluster:
                 wait_until("pod sandboxes to stop", self.no_running_tasks, deadline_s=30, paths=self.paths)
             except ClusterError as exc:
                 log(f"{exc}; removing what is left by force")
-        for component in ("coredns", "kube-proxy", "kubelet"):
+        # KEDA's host processes, if `hack/keda up` started them, then the node's own.
+        for component in (*KEDA_COMPONENTS, "coredns", "kube-proxy", "kubelet"):
             stop_component(self.paths, component)
         if self.paths.containerd_socket.exists() and read_pid(self.paths.pidfile("containerd")):
             self.remove_all_containers()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,9 @@ COREDNS_READY_PORT = 8181  # loopback
 
 PAUSE_IMAGE = "localhost/triptych/pause:3.10"
 
+# KEDA's host processes (opt-in, ``hack/keda``); ``hack/cluster down`` stops them with the node's components.
+KEDA_COMPONENTS = ("keda-metrics-apiserver", "keda-operator")
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -91,6 +95,16 @@ class Paths:
     @property
     def pki(self) -> Path:
         return self.kwok_cluster / "pki"
+
+    @property
+    def front_proxy_pki(self) -> Path:
+        """The API server's front-proxy CA and client certificate (pki.front_proxy), ours, not kwokctl's."""
+        return self.state / "front-proxy-pki"
+
+    @property
+    def keda(self) -> Path:
+        """What ``hack/keda up`` writes: certificates, KEDA's kubeconfig, its ports."""
+        return self.state / "keda"
 
     @property
     def kubeconfig(self) -> Path:
@@ -147,16 +161,20 @@ class Settings:
         return cls(**json.loads(path.read_text()))
 
 
-def free_port(host: str = "127.0.0.1", below: int = 30000) -> int:
-    """A free TCP port below the NodePort range (kube-proxy's NodePort rules match local addresses there)."""
+def free_port(host: str = "127.0.0.1", below: int = 30000, exclude: Collection[int] = ()) -> int:
+    """A free TCP port below the NodePort range (kube-proxy's NodePort rules match local addresses there),
+    not in ``exclude`` (ports chosen already but not bound yet: the walk below returns the same port until
+    something binds it)."""
     for _ in range(100):
         with socket.socket() as s:
             s.bind((host, 0))
             port = int(s.getsockname()[1])
-        if 1024 < port < below:
+        if 1024 < port < below and port not in exclude:
             return port
     # The kernel's ephemeral range is usually above 30000: walk a fixed window instead.
     for port in range(20000, below):
+        if port in exclude:
+            continue
         with socket.socket() as s:
             try:
                 s.bind((host, port))

@@ -33,6 +33,7 @@ from localcluster.config import (
     SERVICE_CIDR,
     Paths,
 )
+from localcluster.pki import FRONT_PROXY_CLIENT_CN
 
 # One controller-manager and one scheduler, and nothing restarts them (kwokctl's binary runtime does not
 # supervise): with leader election on, an API server outage longer than the renew deadline (10 s) makes them
@@ -47,6 +48,7 @@ def kwokctl_config(
     server, which listens on the bridge address so pods can reach it (see network.py)."""
     k8s = bins["kubernetes"]
     pki = paths.pki
+    front_proxy = paths.front_proxy_pki  # made by pki.front_proxy before kwokctl starts the API server
     apiserver_args = {
         "bind-address": BRIDGE_IP,
         "advertise-address": BRIDGE_IP,
@@ -57,6 +59,24 @@ def kwokctl_config(
         "kubelet-client-key": str(pki / "admin.key"),
         # Dial kubelets by IP: node names do not resolve on the host (and must not be looked up outside).
         "kubelet-preferred-address-types": "InternalIP",
+        # The aggregation layer, for extension API servers behind an APIService (KEDA's external metrics,
+        # hack/keda). The API server proxies to them with a client certificate from a front-proxy CA of its
+        # own and names the user in these headers; they trust the headers only from a certificate of that CA
+        # with that name, which they read from kube-system/extension-apiserver-authentication (the API
+        # server publishes these flags there). kwokctl passes its admin certificate as the proxy client
+        # and no header CA, so an extension server would take every request for the admin's: these later
+        # flags win.
+        "requestheader-client-ca-file": str(front_proxy / "ca.crt"),
+        "requestheader-allowed-names": FRONT_PROXY_CLIENT_CN,
+        "requestheader-username-headers": "X-Remote-User",
+        "requestheader-group-headers": "X-Remote-Group",
+        "requestheader-extra-headers-prefix": "X-Remote-Extra-",
+        "proxy-client-cert-file": str(front_proxy / "client.crt"),
+        "proxy-client-key-file": str(front_proxy / "client.key"),
+        # Dial an APIService's endpoint (the bridge address, where hack/keda's metrics server listens), not
+        # its Service's ClusterIP: the API server is a host process outside the pod network, and its
+        # requests should not depend on kube-proxy's rules.
+        "enable-aggregator-routing": "true",
     }
     controller_manager_args = {
         "service-cluster-ip-range": SERVICE_CIDR,
