@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,3 +53,18 @@ def operator(cluster: Kube) -> Iterator[Kube]:
         cluster.helm(
             "uninstall", RELEASE, "--namespace", OPERATOR_NS, "--wait", "--timeout", "120s", timeout=150
         )
+
+
+def externally_scaled(name: str, namespace: str) -> dict[str, Any]:
+    """A MultimodalDeployment whose decode role's replicas its MultimodalRole's /scale sets (autoscaling
+    scaler External): vLLM, so its pods land on kwok's fake GPU nodes and nothing connects to them."""
+    return {
+        "apiVersion": "triptych.dev/v1alpha1",
+        "kind": "MultimodalDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "backend": "vllm",
+            "model": {"name": "Qwen/Qwen2.5-VL-7B-Instruct"},
+            "roles": {"decode": {"replicas": 1, "autoscaling": {"enabled": True, "scaler": "External"}}},
+        },
+    }

@@ -117,11 +117,15 @@ class Autoscaler:
         return dict(memory.scaling), memory.transport
 
     def due(self, key: Key, interval_s: float) -> bool:
+        """Whether the deployment's next evaluation is due; if so, the one after is scheduled one interval
+        after this one was due (not after now: a loop that ticks a little late must not stretch every
+        interval by its lateness), or an interval from now when it fell behind by more than one."""
         memory = self._memory.setdefault(key, _Memory())
         now = self._clock()
         if now < memory.next_at:
             return False
-        memory.next_at = now + interval_s
+        behind = now - memory.next_at
+        memory.next_at = (memory.next_at if memory.next_at and behind < interval_s else now) + interval_s
         return True
 
     def tracked(self) -> list[Key]:

@@ -72,6 +72,7 @@ logger = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name) of a MultimodalDeployment
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)  # child-event re-queues after transient errors
 TICK_S = 1.0  # the autoscaler loop's resolution (evaluation intervals are whole seconds)
+EVALUATION_SLOTS = 8  # evaluations at once, over every MultimodalDeployment
 PEERING_CHECK_S = 5.0  # how often the loop asks whether this process is the working peer
 DEPLOYMENT = ("apps/v1", "Deployment")
 ROLE_SCALE = (API_VERSION_FULL, ROLE_KIND)
@@ -185,20 +186,27 @@ class Reconciler:
             self._loop = asyncio.get_running_loop().create_task(self.run_autoscaler())
 
     async def run_autoscaler(self) -> None:
-        """Every TICK_S: evaluate each tracked deployment whose interval is due, a few at once."""
+        """Every TICK_S: start an evaluation of each tracked deployment whose interval is due and that is not
+        still being evaluated; at most EVALUATION_SLOTS run at once (the rest wait for a slot, keeping their
+        turn, so a slow API server delays evaluations instead of piling them up)."""
         assert self.autoscaler is not None
-        running: set[asyncio.Task[None]] = set()
+        running: dict[Key, asyncio.Task[None]] = {}
+        slots = asyncio.Semaphore(EVALUATION_SLOTS)
+
+        async def bounded(key: Key) -> None:
+            try:
+                async with slots:
+                    await self.evaluate(*key)
+            finally:
+                running.pop(key, None)
+
         while True:
             await asyncio.sleep(TICK_S)
             if not await self._is_working_peer():
                 continue
             for key, interval in list(self._tracked.items()):
-                if len(running) >= 8:  # bounded: one slow API server must not pile evaluations up
-                    break
-                if self.autoscaler.due(key, interval):
-                    task = asyncio.create_task(self.evaluate(*key))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
+                if key not in running and self.autoscaler.due(key, interval):
+                    running[key] = asyncio.create_task(bounded(key))
 
     async def _is_working_peer(self) -> bool:
         if self._peering is None:

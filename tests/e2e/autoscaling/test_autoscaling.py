@@ -46,7 +46,7 @@ from triptych_workers.roles.messages import VERB_PREFILL, PrefillWork, PromptMes
 from triptych_workers.transport import RequestClient, Subjects
 from triptych_workers.transport.connection import NatsConnection
 
-from tests.e2e.conftest import OPERATOR_NS, build_images
+from tests.e2e.conftest import OPERATOR_NS, build_images, externally_scaled
 from tests.e2e.pipeline.test_reference_cluster import (
     MODEL,
     REAL_NODE,
@@ -386,17 +386,7 @@ def test_a_real_hpa_drives_a_role_through_its_scale_subresource(kube: Kube) -> N
     'current replicas below Spec.MinReplicas' rule), which proves the wiring: HPA -> /scale ->
     MultimodalRole.spec.replicas -> the operator -> the Deployment. The pods are kwok's (vLLM, fake GPUs)."""
     name = "hpa-driven"
-    obj = {
-        "apiVersion": "triptych.dev/v1alpha1",
-        "kind": "MultimodalDeployment",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "backend": "vllm",
-            "model": {"name": "Qwen/Qwen2.5-VL-7B-Instruct"},
-            "roles": {"decode": {"replicas": 1, "autoscaling": {"enabled": True, "scaler": "External"}}},
-        },
-    }
-    kube.apply(obj)
+    kube.apply(externally_scaled(name, NAMESPACE))
     role = f"{name}-decode"
     target = {"apiVersion": "triptych.dev/v1alpha1", "kind": "MultimodalRole", "name": role}
     try:

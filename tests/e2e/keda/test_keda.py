@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import HACK
+from tests.e2e.conftest import externally_scaled
 from tests.kube import Kube, wait_for
 
 # The first run of `hack/keda up` may build KEDA (make test-keda builds it before pytest starts).
@@ -193,16 +194,7 @@ def test_keda_scales_a_role_through_its_scale_subresource_from_a_prometheus_trig
     keda: Kube, namespace: str
 ) -> None:
     name = "keda-driven"
-    keda.apply({
-        "apiVersion": "triptych.dev/v1alpha1",
-        "kind": "MultimodalDeployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "backend": "vllm",
-            "model": {"name": "Qwen/Qwen2.5-VL-7B-Instruct"},
-            "roles": {"decode": {"replicas": 1, "autoscaling": {"enabled": True, "scaler": "External"}}},
-        },
-    })  # fmt: skip
+    keda.apply(externally_scaled(name, namespace))
     role, deployment = f"{name}-decode", f"{name}-decode"
     target = {"apiVersion": "triptych.dev/v1alpha1", "kind": "MultimodalRole", "name": role}
     wait_for(

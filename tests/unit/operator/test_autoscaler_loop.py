@@ -322,3 +322,16 @@ def test_status_carries_the_observation_and_transport_degraded() -> None:
     assert [c.status for c in again.conditions if c.type == "TransportDegraded"] == ["True"]
     clear = compute_status(spec, 1, [], got, T0, scaling=scaling, transport=[])
     assert [c.status for c in clear.conditions if c.type == "TransportDegraded"] == ["False"]
+
+
+def test_evaluations_keep_their_cadence_when_the_loop_ticks_late() -> None:
+    clock = [0.0]
+    scaler = Autoscaler(_Source({}), clock=lambda: clock[0])
+    due_at = []
+    for tick in range(1, 40):
+        clock[0] = tick * 1.07  # a loop ticking every second, 7 % late each time
+        if scaler.due(("ns", "m"), 5.0):
+            due_at.append(round(clock[0], 2))
+    # Due at 0-based cadence 5, 10, 15, ... (first at the first tick): never stretched to 6-tick periods.
+    assert len(due_at) == 9
+    assert due_at[:3] == [1.07, 6.42, 11.77]
