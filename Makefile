@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
 .PHONY: help venv lint fmt test test-unit test-integration test-e2e test-keda bench demo cluster-up cluster-down \
-        cluster-status images crds verify deploy undeploy run
+        cluster-status images crds rbac verify deploy undeploy run
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -21,6 +21,7 @@ lint: venv ## ruff, mypy --strict, import-linter layering contracts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(PY) hack/gen-crd --check
+	$(PY) hack/gen-rbac --check
 
 fmt: venv ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
@@ -67,6 +68,9 @@ OPERATOR_NS := triptych-system
 crds: venv ## regenerate the CRD from the spec models, and its copy in the chart
 	$(PY) hack/gen-crd
 	cp crds/*.yaml charts/triptych/crds/
+
+rbac: venv ## regenerate the chart's ClusterRole from what the operator requests (kube.py and kopf's tables)
+	$(PY) hack/gen-rbac
 
 verify: venv ## fail if the committed CRD (or the chart's copy of it) differs from the spec models
 	$(PY) hack/gen-crd --check

@@ -14,6 +14,7 @@ import kopf
 from triptych_contract import API_GROUP, API_VERSION, KIND, LABEL_DEPLOYMENT, PLURAL
 
 from triptych_operator.handlers.reconcile import Reconciler
+from triptych_operator.kube import Permission
 from triptych_operator.naming import MANAGED_BY
 from triptych_operator.spec import ROLE_KIND, ROLE_PLURAL
 
@@ -30,6 +31,34 @@ OUR_LABELS: dict[str, Any] = {
     LABEL_DEPLOYMENT: kopf.PRESENT,
     "app.kubernetes.io/managed-by": MANAGED_BY,
 }
+
+# What kopf itself requests with the operator's ServiceAccount (kube.API_PERMISSIONS: what our code requests);
+# `hack/gen-rbac` renders both into the chart's ClusterRole.
+KOPF_PERMISSIONS: tuple[Permission, ...] = (
+    Permission(
+        API_GROUP,
+        PLURAL,
+        ("list", "watch", "patch"),
+        "kopf watches the MultimodalDeployments and keeps its bookkeeping in their annotations (patch).",
+    ),
+    *(
+        Permission(group, plural, ("list", "watch"), f"kopf watches the {plural} with our labels (CHILDREN).")
+        for group, _, plural, _ in CHILDREN
+    ),
+    *(
+        Permission(
+            "kopf.dev",
+            plural,
+            ("list", "watch", "get", "patch"),
+            "kopf peering: keep-alives in the peering object's status.",
+        )
+        for plural in ("clusterkopfpeerings", "kopfpeerings")
+    ),
+    *(
+        Permission(group, "events", ("create",), "kopf posts its warnings and errors as Events.")
+        for group in ("", "events.k8s.io")
+    ),
+)
 
 
 def kopf_settings() -> kopf.OperatorSettings:
@@ -134,4 +163,4 @@ def _reconciler(memo: kopf.Memo) -> Reconciler:
     return reconciler
 
 
-__all__ = ["build_registry", "kopf_settings"]
+__all__ = ["KOPF_PERMISSIONS", "build_registry", "kopf_settings"]
