@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from localcluster import pki
+from localcluster import network, pki
 from localcluster.cluster import Cluster
 from localcluster.config import (
     BRIDGE_IP,
@@ -81,7 +81,8 @@ class Ports:
     operator_metrics: int  # loopback: Prometheus metrics of the operator
     adapter_secure: int  # bridge address: external.metrics.k8s.io, for the API server
     # The metrics server's own Prometheus metrics: KEDA v2.21 binds them on every interface (":PORT"), with no
-    # flag for the address; nothing here reads them.
+    # flag for the address; nothing here reads them, and network.fence_inbound drops what comes for them on
+    # any interface but loopback and the bridge.
     adapter_metrics: int
 
     @classmethod
@@ -343,6 +344,8 @@ class Keda:
             paths=self.paths,
             pid=pid,
         )
+        # Its own /metrics binds every interface (no flag for the address in v2.21): fenced to this machine.
+        network.fence_inbound(ports.adapter_metrics)
         command = adapter_command(bins / "keda-adapter", self.certs, self.kubeconfig, ports)
         pid = start_daemon(self.paths, ADAPTER, command, env=env)
         tls = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
@@ -391,6 +394,7 @@ class Keda:
                 check=False,
             )  # fmt: skip
         self.stop_processes()
+        network.unfence_inbound()
         log(f"down in {time.monotonic() - t0:.1f} s (CRDs, RBAC and the keda namespace stay)")
 
     def status(self) -> int:

@@ -21,6 +21,7 @@ from localcluster.procs import run
 
 FORWARD_CHAIN = "TRIPTYCH-FORWARD"
 NAT_CHAIN = "TRIPTYCH-OUTPUT"
+INPUT_CHAIN = "TRIPTYCH-INPUT"  # ports a host process cannot keep off other interfaces (fence_inbound)
 # Chains the kubelet and the CNI portmap plugin create and never remove.
 LEFTOVER_CHAINS = {
     "filter": ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "CNI-FORWARD"),
@@ -110,6 +111,28 @@ def setup(apiserver_port: int) -> None:
         _ipt("-t", "nat", "-I", "OUTPUT", "1", "-j", NAT_CHAIN)
 
 
+def fence_inbound(port: int) -> None:
+    """Drop TCP connections to `port` arriving on any interface but loopback and the bridge, IPv4 and IPv6:
+    for a host process that binds every address with no flag to narrow it (KEDA's metrics server's own
+    /metrics), so that it is reachable only from this machine and its pods. Idempotent; `unfence_inbound`
+    and the cluster's teardown remove it."""
+    for v6 in (False, True):
+        if not _ipt("-nL", INPUT_CHAIN, check=False, v6=v6):
+            _ipt("-N", INPUT_CHAIN, v6=v6)
+        rule = ("-p", "tcp", "--dport", str(port), "!", "-i", "lo")
+        if not _ipt("-C", INPUT_CHAIN, *rule, "-j", "DROP", check=False, v6=v6):
+            _ipt("-A", INPUT_CHAIN, "-p", "tcp", "--dport", str(port), "-i", BRIDGE, "-j", "RETURN", v6=v6)
+            _ipt("-A", INPUT_CHAIN, *rule, "-j", "DROP", v6=v6)
+        if not _ipt("-C", "INPUT", "-j", INPUT_CHAIN, check=False, v6=v6):
+            _ipt("-I", "INPUT", "1", "-j", INPUT_CHAIN, v6=v6)
+
+
+def unfence_inbound() -> None:
+    for v6 in (False, True):
+        if _chains("filter", INPUT_CHAIN, v6=v6):
+            _delete_chain("filter", INPUT_CHAIN, v6=v6)
+
+
 def _delete_chain(table: str, chain: str, *, v6: bool = False) -> None:
     """Remove every jump to ``chain`` in ``table``, then flush and delete it (absent chains are fine)."""
     listing = run(
@@ -140,6 +163,10 @@ def teardown(ip_forward_before: str | None) -> list[str]:
         if _chains(table, chain):
             _delete_chain(table, chain)
             removed.append(f"iptables {table}/{chain}")
+    for v6 in (False, True):
+        if _chains("filter", INPUT_CHAIN, v6=v6):
+            _delete_chain("filter", INPUT_CHAIN, v6=v6)
+            removed.append(f"{'ip6tables' if v6 else 'iptables'} filter/{INPUT_CHAIN}")
     for v6 in (False, True):
         for table, patterns in LEFTOVER_CHAINS.items():
             for pattern in patterns:
