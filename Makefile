@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help venv lint fmt test test-unit test-integration test-e2e test-keda bench demo cluster-up cluster-down \
+.PHONY: help venv lint fmt test test-unit test-integration test-e2e test-keda test-backends bench demo cluster-up cluster-down \
         cluster-status images crds rbac verify deploy undeploy run
 
 help: ## list targets
@@ -39,6 +39,11 @@ test-unit: venv ## fast tests without sockets or the cluster
 test-keda: venv ## opt-in: a real KEDA (built once from Go modules) scales a role from a Prometheus trigger
 	hack/build-tools keda >/dev/null
 	TRIPTYCH_KEDA=1 $(PY) -m pytest tests/e2e/keda
+
+# The SGLang venv (cold: 2-3 min and 6 GB, torch with its CUDA libraries; then cached) is made first.
+test-backends: venv ## opt-in: SGLang's own parser and resolution judge every command line the operator writes
+	hack/backend-venv sglang >/dev/null
+	TRIPTYCH_BACKENDS=1 $(PY) -m pytest tests/integration/backends
 
 demo: ## bring up the local cluster and show it serving (see README)
 	hack/demo
