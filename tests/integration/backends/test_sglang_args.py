@@ -26,6 +26,7 @@ from triptych_operator.builders import build_children
 from triptych_operator.settings import OperatorSettings
 from triptych_operator.spec import parse_spec
 
+from tests.backend_cases import MODES, TRANSPORTS
 from tests.conftest import HACK, REPO
 
 pytestmark = [pytest.mark.backends, pytest.mark.slow]
@@ -52,18 +53,6 @@ MODELS: dict[str, Any] = {
     "Qwen/Qwen2.5-VL-3B-Instruct": _qwen25_vl(
         hidden=2048, intermediate=11008, heads=16, kv_heads=2, layers=36, vocab=151936
     ),
-}
-# Every serving mode: which worker roles are present. Tensor and data parallelism > 1 on the pools so that
-# --tp-size and --dp-size are both written.
-MODES: dict[str, dict[str, Any]] = {
-    "E/P/D": {"encode": {}, "prefill": {"tensorParallel": 2}, "decode": {"tensorParallel": 2}},
-    "E/PD": {"encode": {}, "decode": {"tensorParallel": 2, "dataParallelLocal": 2}},
-    "EP/D": {"prefill": {"tensorParallel": 2}, "decode": {"tensorParallel": 2, "dataParallelLocal": 2}},
-    "EPD": {"decode": {"tensorParallel": 1, "dataParallelLocal": 2}},
-}
-TRANSPORTS: dict[str, dict[str, Any]] = {
-    "tcp": {"transport": "tcp"},
-    "rdma": {"transport": "rdma", "rdma": {"resource": "rdma/ib", "count": 1}},
 }
 EXAMPLES = sorted((REPO / "examples").glob("sglang-*.yaml"))
 # Cases SGLang refuses, with the flag, SGLang's message and the right flag (the operator is fixed elsewhere).

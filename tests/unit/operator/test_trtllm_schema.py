@@ -22,22 +22,14 @@ from triptych_operator.builders import build_children
 from triptych_operator.settings import OperatorSettings
 from triptych_operator.spec import parse_spec
 
+from tests.backend_cases import MODES, TRANSPORTS
+
 REPO = Path(__file__).resolve().parents[3]
 SCHEMA_PATH = REPO / "tests" / "data" / "trtllm" / "main-00209af-schema.json"
 SCHEMA: dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
 SETTINGS = OperatorSettings.from_env({})
 NAME = "d"
 ENGINE_FILE = "engine.yaml"
-MODES: dict[str, dict[str, Any]] = {
-    "E/P/D": {"encode": {}, "prefill": {"tensorParallel": 2}, "decode": {"tensorParallel": 2}},
-    "E/PD": {"encode": {}, "decode": {"tensorParallel": 2, "dataParallelLocal": 2}},
-    "EP/D": {"prefill": {"tensorParallel": 2}, "decode": {"tensorParallel": 2, "dataParallelLocal": 2}},
-    "EPD": {"decode": {"tensorParallel": 1, "dataParallelLocal": 2}},
-}
-TRANSPORTS: dict[str, dict[str, Any]] = {
-    "tcp": {"transport": "tcp"},
-    "rdma": {"transport": "rdma", "rdma": {"resource": "rdma/ib", "count": 1}},
-}
 EXAMPLES = sorted((REPO / "examples").glob("trtllm-*.yaml"))
 # Flags the operator writes that the snapshot's trtllm-serve lacks: the flag, and what to write instead.
 KNOWN_REFUSALS = {
