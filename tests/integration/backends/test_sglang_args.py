@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from triptych_operator.builders import build_children
 from triptych_operator.settings import OperatorSettings
 from triptych_operator.spec import parse_spec
 
-from tests.backend_cases import MODES, TRANSPORTS
+from tests.backend_cases import serving_specs, uncovered
 from tests.conftest import HACK, REPO
 
 pytestmark = [pytest.mark.backends, pytest.mark.slow]
@@ -75,18 +74,11 @@ def engine_commands(spec_raw: dict[str, Any], *, rdma_available: bool) -> dict[s
 
 
 def generated_cases() -> dict[str, list[str]]:
-    cases: dict[str, list[str]] = {}
-    for mode, roles in MODES.items():
-        for transport, networking in TRANSPORTS.items():
-            raw = {"backend": "sglang", "model": {"name": MODEL}, "networking": networking, "roles": roles}
-            for role, command in engine_commands(raw, rdma_available=transport == "rdma").items():
-                cases[f"{mode}-{transport}-{role}"] = command
-    for path in EXAMPLES:
-        raw = yaml.safe_load(path.read_text())["spec"]
-        rdma = raw.get("networking", {}).get("transport") == "rdma"
-        for role, command in engine_commands(raw, rdma_available=rdma).items():
-            cases[f"{path.stem}-{role}"] = command
-    return cases
+    return {
+        f"{prefix}-{role}": command
+        for prefix, raw, rdma in serving_specs("sglang", MODEL, EXAMPLES)
+        for role, command in engine_commands(raw, rdma_available=rdma).items()
+    }
 
 
 CASES = generated_cases()
@@ -147,11 +139,7 @@ def verdicts() -> dict[str, dict[str, Any]]:
 
 def test_every_mode_and_example_is_generated() -> None:
     """The cases cover each mode's roles over both transports, and each example's roles."""
-    roles = {"E/P/D": {"encode", "prefill", "decode"}, "E/PD": {"encode", "decode"}}
-    roles |= {"EP/D": {"prefill", "decode"}, "EPD": {"decode"}}
-    for mode, present in roles.items():
-        for transport in TRANSPORTS:
-            assert {c.rsplit("-", 1)[1] for c in CASES if c.startswith(f"{mode}-{transport}-")} == present
+    assert uncovered(CASES) == []
     assert [p.stem for p in EXAMPLES] == ["sglang-ep-d-rdma", "sglang-epd-tcp"]
     flags = {token for command in CASES.values() for token in command if token.startswith("--")}
     assert {"--encoder-only", "--language-only", "--disaggregation-mode", "--dp-size"} <= flags

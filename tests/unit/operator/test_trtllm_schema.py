@@ -22,7 +22,7 @@ from triptych_operator.builders import build_children
 from triptych_operator.settings import OperatorSettings
 from triptych_operator.spec import parse_spec
 
-from tests.backend_cases import MODES, TRANSPORTS
+from tests.backend_cases import serving_specs, uncovered
 
 REPO = Path(__file__).resolve().parents[3]
 SCHEMA_PATH = REPO / "tests" / "data" / "trtllm" / "main-00209af-schema.json"
@@ -71,17 +71,11 @@ def generate(spec_raw: dict[str, Any], *, rdma_available: bool) -> dict[str, Gen
 
 
 def generated_cases() -> dict[str, Generated]:
-    cases: dict[str, Generated] = {}
-    for mode, roles in MODES.items():
-        for transport, networking in TRANSPORTS.items():
-            raw = {"backend": "trtllm", "model": {"name": "org/m"}, "networking": networking, "roles": roles}
-            for role, generated in generate(raw, rdma_available=transport == "rdma").items():
-                cases[f"{mode}-{transport}-{role}"] = generated
-    for path in EXAMPLES:
-        raw = yaml.safe_load(path.read_text())["spec"]
-        for role, generated in generate(raw, rdma_available=False).items():
-            cases[f"{path.stem}-{role}"] = generated
-    return cases
+    return {
+        f"{prefix}-{role}": generated
+        for prefix, raw, rdma in serving_specs("trtllm", "org/m", EXAMPLES)
+        for role, generated in generate(raw, rdma_available=rdma).items()
+    }
 
 
 CASES = generated_cases()
@@ -192,11 +186,7 @@ def test_the_snapshot_says_what_it_is() -> None:
 
 
 def test_every_mode_and_example_is_generated() -> None:
-    roles = {"E/P/D": {"encode", "prefill", "decode"}, "E/PD": {"encode", "decode"}}
-    roles |= {"EP/D": {"prefill", "decode"}, "EPD": {"decode"}}
-    for mode, present in roles.items():
-        for transport in TRANSPORTS:
-            assert {c.rsplit("-", 1)[1] for c in CASES if c.startswith(f"{mode}-{transport}-")} == present
+    assert uncovered(CASES) == []
     assert [p.stem for p in EXAMPLES] == ["trtllm-e-p-d-tcp", "trtllm-e-pd-auto"]
     written = {k for g in CASES.values() if g.engine_yaml for k in g.engine_yaml}
     assert written == {"enable_attention_dp", "cache_transceiver_config", "disable_overlap_scheduler"}
