@@ -20,9 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -30,7 +28,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
@@ -57,6 +54,7 @@ from tests.e2e.pipeline.test_reference_cluster import (
     frontend,
 )
 from tests.kube import Kube, wait_for
+from tests.prometheus import running_prometheus
 from tests.reference_answers import streamed_answer
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -196,29 +194,12 @@ def _write_targets(kube: Kube, path: Path) -> None:
 
 @contextlib.contextmanager
 def prometheus(kube: Kube) -> Iterator[str]:
-    """Debian's Prometheus on a loopback port, scraping this namespace's worker pods' :9090 every second.
-    Debian builds it without Kubernetes service discovery, so this fixture is the discovery: it lists the
-    pods through the API server every second into a file_sd file (real-node pods only)."""
-    binary = shutil.which("prometheus") or "/usr/bin/prometheus"
-    assert Path(binary).exists(), "prometheus missing: hack/cluster up installs the Debian package"
-    port = _free_port()
-    with tempfile.TemporaryDirectory(prefix="triptych-prom-") as tmp:
+    """Debian's Prometheus scraping this namespace's worker pods' :9090 every second. Debian builds it
+    without Kubernetes service discovery, so this fixture is the discovery: it lists the pods through the
+    API server every second into a file_sd file (real-node pods only)."""
+    with tempfile.TemporaryDirectory(prefix="triptych-prom-targets-") as tmp:
         targets = Path(tmp) / "targets.json"
         _write_targets(kube, targets)
-        config = {
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-            "scrape_configs": [{
-                "job_name": "triptych-pods",
-                "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}],
-            }],
-        }  # fmt: skip
-        (Path(tmp) / "prometheus.yml").write_text(yaml.safe_dump(config))
-        log = (Path(tmp) / "prometheus.log").open("w")
-        proc = subprocess.Popen(
-            [binary, f"--config.file={tmp}/prometheus.yml", f"--storage.tsdb.path={tmp}/data",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
         stop = threading.Event()
 
         def discover() -> None:
@@ -228,27 +209,16 @@ def prometheus(kube: Kube) -> Iterator[str]:
 
         discovery = threading.Thread(target=discover, daemon=True)
         discovery.start()
-        url = f"http://127.0.0.1:{port}"
+        scrape = {
+            "job_name": "triptych-pods",
+            "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}],
+        }
         try:
-
-            def ready() -> bool:
-                assert proc.poll() is None, "prometheus exited: " + (Path(tmp) / "prometheus.log").read_text()
-                with contextlib.suppress(httpx.HTTPError):
-                    return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
-                return False
-
-            wait_for("prometheus ready", ready, timeout=60, interval=0.5)
-            yield url
+            with running_prometheus([scrape]) as url:
+                yield url
         finally:
             stop.set()
             discovery.join(timeout=10)
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-            log.close()
 
 
 def _prefill_pods(kube: Kube, name: str) -> RolePods:

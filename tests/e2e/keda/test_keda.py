@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +29,7 @@ import pytest
 from tests.conftest import HACK
 from tests.e2e.conftest import externally_scaled
 from tests.kube import Kube, wait_for
+from tests.prometheus import running_prometheus
 
 # The first run of `hack/keda up` may build KEDA (make test-keda builds it before pytest starts).
 pytestmark = [pytest.mark.keda, pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -103,41 +101,9 @@ def _get_json(url: str) -> Any:
 
 @contextlib.contextmanager
 def prometheus(target: str) -> Iterator[str]:
-    """Debian's Prometheus on a loopback port, scraping ``target`` every second (a static target)."""
-    binary = shutil.which("prometheus") or "/usr/bin/prometheus"
-    assert Path(binary).exists(), "prometheus missing: hack/cluster up installs the Debian package"
-    port = _free_port()
-    with tempfile.TemporaryDirectory(prefix="triptych-keda-prom-") as tmp:
-        config = {
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-            "scrape_configs": [{"job_name": "gauge", "static_configs": [{"targets": [target]}]}],
-        }
-        (Path(tmp) / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-        log_path = Path(tmp) / "prometheus.log"
-        with log_path.open("w") as log:
-            proc = subprocess.Popen(
-                [binary, f"--config.file={tmp}/prometheus.yml", f"--storage.tsdb.path={tmp}/data",
-                 f"--web.listen-address=127.0.0.1:{port}"],
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-
-            def ready() -> bool:
-                assert proc.poll() is None, "prometheus exited: " + log_path.read_text()
-                with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
-                    return int(r.status) == 200
-                return False
-
-            wait_for("prometheus ready", ready, timeout=60, interval=0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+    """Debian's Prometheus scraping ``target`` every second (a static target)."""
+    with running_prometheus([{"job_name": "gauge", "static_configs": [{"targets": [target]}]}]) as url:
+        yield url
 
 
 def _query(url: str, promql: str) -> float | None:
