@@ -387,7 +387,6 @@ def test_client_disconnect_frees_the_slot_and_metrics_move(served: Served) -> No
 
 def test_deadline(model_dir: Path) -> None:
     for served in _serve(_config(model_dir, requestTimeoutSeconds=0.5), model_dir):
-        started = time.monotonic()
         with pytest.raises(openai.APIStatusError) as caught:
             served.client().chat.completions.create(
                 model=MODEL,
@@ -396,8 +395,7 @@ def test_deadline(model_dir: Path) -> None:
                 max_tokens=3000,
                 extra_body={"ignore_eos": True},
             )
-        assert caught.value.status_code == 504
-        assert time.monotonic() - started < 5
+        assert caught.value.status_code == 504  # the 3000 tokens would have been a 200: the deadline ended it
         assert served.metric("triptych_requests_in_flight", role="frontend", deployment="test") == 0
 
 

@@ -93,8 +93,10 @@ async def test_no_worker_is_no_responders(conns: Callable[[], Awaitable[NatsConn
     client = RequestClient(await conns(), SUBJECTS)
     started = time.monotonic()
     with pytest.raises(NoResponders):
-        await client.call("prefill", "run", b"x", timeout_s=5)
-    assert time.monotonic() - started < 2
+        await client.call("prefill", "run", b"x", timeout_s=30)
+    # Bounds here sit halfway to what the failure would take (here the 30 s timeout), never near what
+    # success takes, so a slow shared runner cannot fail them.
+    assert time.monotonic() - started < 15
 
 
 async def slow(request: Request) -> AsyncIterator[bytes]:
@@ -123,14 +125,14 @@ async def test_keepalives_tell_a_slow_worker_from_a_lost_one(
     await lost.start()
     try:
         started = time.monotonic()
-        async with client.stream("encode", "slow", b"x", timeout_s=10, liveness_timeout_s=0.5) as replies:
+        async with client.stream("encode", "slow", b"x", timeout_s=30, liveness_timeout_s=0.5) as replies:
             first = asyncio.create_task(anext(aiter(replies)))
             await asyncio.sleep(0.3)  # accepted and running by now
             assert replies.worker_id == "lost"
             await worker_conn.close()
             with pytest.raises(WorkerLost):
                 await first
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 15  # the deadline would have taken 30 s
     finally:
         with contextlib.suppress(Exception):
             await lost.close()
@@ -147,7 +149,7 @@ async def test_deadline_times_out_and_the_worker_stops(
         started = time.monotonic()
         with pytest.raises(RequestTimeout):
             await client.call("encode", "run", b"x", timeout_s=0.5)
-        assert 0.4 < time.monotonic() - started < 2.0
+        assert 0.4 < time.monotonic() - started < 15  # the gate never opens: without a deadline, no end
         # The deadline travelled with the request: the handler itself was stopped, not left running.
         assert await wait_until(lambda: len(gate.cancelled) == 1)
         assert await wait_until(lambda: worker.in_flight == 0)

@@ -6,6 +6,8 @@ a 503). Text-only requests never wait. The request plane and the data plane are 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
@@ -34,7 +36,7 @@ from triptych_workers.roles.messages import (
     StepMessage,
     TensorRef,
 )
-from triptych_workers.roles.pipeline import NatsPipeline, PoolUnavailable
+from triptych_workers.roles.pipeline import HOLD_MARGIN_S, NatsPipeline, PoolUnavailable
 from triptych_workers.transport import (
     NoResponders,
     Reply,
@@ -174,8 +176,8 @@ async def test_a_held_request_waits_for_a_worker_then_is_routed_to_it(mode: str)
     await asyncio.sleep(0.25)
     assert not task.done()
     assert _pending(metrics) == 1
-    steps = await asyncio.wait_for(task, timeout=5)
-    assert 0.5 <= time.monotonic() - started < 2.0
+    steps = await asyncio.wait_for(task, timeout=5)  # routed once the worker is up, not at a deadline
+    assert time.monotonic() - started >= 0.5
     assert [s.text for s in steps] == ["a", "b"]
     # Tried the pool (nobody there), then, once the worker announced itself, sent to it by name.
     assert client.encode_calls[0] == (None, False)
@@ -192,7 +194,7 @@ async def test_a_hold_that_finds_no_worker_ends_in_a_503_after_the_cold_start_ti
     assert _pending(metrics) == 1
     with pytest.raises(PoolUnavailable) as failed:
         await asyncio.wait_for(task, timeout=5)
-    assert 0.3 <= time.monotonic() - started < 1.5
+    assert time.monotonic() - started >= 0.3
     assert _pending(metrics) == 0
     assert client.encode_calls == [(None, False)]  # asked once, then waited for a heartbeat: no busy loop
     status, body, outcome = error_body(failed.value)
@@ -206,14 +208,20 @@ async def test_a_hold_that_finds_no_worker_ends_in_a_503_after_the_cold_start_ti
     assert "retry later" in body.error.message
 
 
-async def test_the_request_deadline_bounds_the_hold_when_it_is_earlier() -> None:
+async def test_the_request_deadline_bounds_the_hold_when_it_is_earlier(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     metrics = WorkerMetrics("frontend", DEPLOYMENT)
     pipeline, _ = _pipeline(FakeEncodePool(up_after_s=None), metrics, cold_start_s=60)
     started = time.monotonic()
-    with pytest.raises(PoolUnavailable):
+    with caplog.at_level(logging.INFO), pytest.raises(PoolUnavailable):
         await asyncio.wait_for(_generate(pipeline, images=1, deadline_s=0.6), timeout=5)
-    # Before the deadline (so the client hears why, not a bare timeout), not 60 s later.
-    assert 0.3 <= time.monotonic() - started < 0.6
+    assert time.monotonic() - started >= 0.3  # it did hold, and not 60 s (the wait_for above)
+    # It gives up HOLD_MARGIN_S before the deadline, so that the client hears why rather than a bare timeout.
+    # Read from the bound it set rather than from a clock: the pipeline logs it when the hold starts.
+    bounds = [float(m) for m in re.findall(r"holding a request for up to ([\d.]+) s", caplog.text)]
+    assert bounds, caplog.text
+    assert 0.3 <= bounds[0] <= 0.6 - HOLD_MARGIN_S
     assert _pending(metrics) == 0
 
 
@@ -256,13 +264,11 @@ async def test_a_text_request_never_waits_for_encode(mode: str) -> None:
     metrics = WorkerMetrics("frontend", DEPLOYMENT)
     pipeline, client = _pipeline(FakeEncodePool(up_after_s=None), metrics, mode=mode)
     assert pipeline.ready()  # readiness does not depend on the encode pool
-    started = time.monotonic()
     task = asyncio.create_task(_generate(pipeline, images=0))
     while not task.done():
         assert _pending(metrics) == 0
         await asyncio.sleep(0)
-    assert [s.text for s in task.result()] == ["a", "b"]
-    assert time.monotonic() - started < 0.2
+    assert [s.text for s in task.result()] == ["a", "b"]  # answered although no encode worker ever came
     assert client.encode_calls == []
     assert _pending(metrics) == 0
 
