@@ -311,8 +311,12 @@ def test_each_role_scales_on_its_own_load(kube: Kube) -> None:
             print(f"prefill queue (sum over pods) per pair, scrape/prometheus: {sums}; means "
                   f"{mean_direct:.2f} / {mean_queried:.2f}; decisions {by_scrape} / {by_prom} "
                   f"(load so far: {load.done} prefills answered, {load.failed} failed)")  # fmt: skip
+            # The claim is the decision. The means are printed, not compared: Prometheus's reading of a gauge
+            # that moves with every request is up to a scrape interval old, and on a busy 2-core runner ten
+            # such readings differed by 46 % (6.0 vs 4.1) while both sources still decided 2.
             assert by_scrape == by_prom == 2
-            assert abs(mean_direct - mean_queried) <= 0.3 * max(mean_direct, mean_queried)
+            assert mean_direct > 0  # both sources really read the prefill pods' queues
+            assert mean_queried > 0
             assert _replicas(kube, name, "decode") == 1
             assert _replicas(kube, name, "encode") == 0  # text-only load never wakes encode
             assert load.done > 0
