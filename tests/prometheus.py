@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.kube import wait_for
+from tests.kube import stop_process, wait_for
 
 
 def _free_port() -> int:
@@ -54,9 +54,4 @@ def running_prometheus(scrape_configs: list[dict[str, Any]], *, interval: str = 
             wait_for("prometheus ready", ready, timeout=60, interval=0.5)
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            stop_process(proc, grace_s=20)

@@ -24,6 +24,7 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.kube import stop_process
 from tests.media_factory import encode_image, gradient_array
 
 MODEL = "triptych-tiny"
@@ -136,12 +137,8 @@ def stop_procs(procs: list[Proc], timeout_s: float = 30) -> None:
     for proc in procs:
         if proc.process.poll() is None:
             proc.process.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.process.kill()
-            proc.process.wait(timeout=10)
+    for proc in procs:  # all were signalled first, so they stop in parallel
+        stop_process(proc.process, grace_s=timeout_s)
 
 
 def png(seed: int, width: int = 64, height: int = 48) -> bytes:

@@ -35,7 +35,7 @@ from triptych_workers.engines.reference.model_dir import prepare_model
 from triptych_workers.engines.reference.spec import ReferenceSpec, default_model_dir
 
 from tests.e2e.conftest import build_images
-from tests.kube import Kube, wait_for
+from tests.kube import Kube, stop_process, wait_for
 from tests.media_factory import encode_image, gradient_array
 from tests.reference_answers import Answer, greedy_answers, streamed_answer
 
@@ -159,12 +159,7 @@ def frontend(kube: Kube, namespace: str, name: str) -> Iterator[openai.OpenAI]:
         wait_for("the port-forward to the frontend", up, timeout=30, interval=0.3)
         yield openai.OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=60, max_retries=0)
     finally:
-        forward.terminate()
-        try:
-            forward.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            forward.kill()
-            forward.wait(timeout=10)
+        stop_process(forward, grace_s=10)
 
 
 def _answer(client: openai.OpenAI, content: Any) -> Answer:
