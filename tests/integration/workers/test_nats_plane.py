@@ -127,7 +127,11 @@ async def test_keepalives_tell_a_slow_worker_from_a_lost_one(
         started = time.monotonic()
         async with client.stream("encode", "slow", b"x", timeout_s=30, liveness_timeout_s=0.5) as replies:
             first = asyncio.create_task(anext(aiter(replies)))
-            await asyncio.sleep(0.3)  # accepted and running by now
+            # Accepted and running once the stream knows its worker (waited for, not assumed after a sleep:
+            # CI once found it unaccepted after 0.3 s on a loaded machine).
+            async with asyncio.timeout(10):
+                while replies.worker_id is None:
+                    await asyncio.sleep(0.01)
             assert replies.worker_id == "lost"
             await worker_conn.close()
             with pytest.raises(WorkerLost):
