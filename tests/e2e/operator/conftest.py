@@ -27,13 +27,15 @@ def operator_pods(kube: Kube) -> list[dict[str, Any]]:
 
 def on_kwok(obj: dict[str, Any], namespace: str, *, cpu_roles_small: bool = False) -> dict[str, Any]:
     """`obj` in `namespace`, with the roles that would run on the real node (the frontend; every role of the
-    reference backend) pinned to the kwok nodes instead. These tests are about reconciling, not serving
-    (tests/e2e/pipeline runs the reference pods for real): on kwok nodes a pod is Ready at once, so drift,
-    scaling, restarts and 100 objects at once stay fast and do not load the 2-core real node with torch."""
+    reference backend or of a CPU deployment) pinned to the kwok nodes instead. These tests are about
+    reconciling, not serving (tests/e2e/pipeline and tests/e2e/vllm run those pods for real): on kwok
+    nodes a pod is Ready at once, so drift, scaling, restarts and 100 objects at once stay fast and do not
+    load the 2-core real node with torch."""
     out = copy.deepcopy(obj)
     out["metadata"]["namespace"] = namespace
     roles = out["spec"]["roles"]
-    cpu_roles = list(roles) if out["spec"]["backend"] == "reference" else ["frontend"]
+    on_cpu = out["spec"]["backend"] == "reference" or out["spec"].get("device") == "cpu"
+    cpu_roles = list(roles) if on_cpu else ["frontend"]
     for role in cpu_roles:
         spec = roles.setdefault(role, {})
         spec["nodeSelector"] = dict(KWOK)

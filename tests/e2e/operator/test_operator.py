@@ -40,6 +40,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+# Every example that is not the reference backend's (those run for real in tests/e2e/pipeline); the CPU
+# vLLM ones run for real in tests/e2e/vllm, here all their roles are pinned to kwok (on_kwok).
 GPU_EXAMPLES = [p for p in EXAMPLES if yaml.safe_load(p.read_text())["spec"]["backend"] != "reference"]
 CASES: list[dict[str, Any]] = yaml.safe_load((REPO / "tests" / "data" / "invalid" / "cases.yaml").read_text())
 CHILD_KINDS = "deployments,services,configmaps"

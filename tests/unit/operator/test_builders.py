@@ -160,8 +160,10 @@ def test_vllm_prefill_rdma() -> None:
     dep = _deployment(spec, "prefill", rdma_available=False)
     engine = _container(dep, "engine")
     assert engine["command"] == [
-        "vllm",
-        "serve",
+        "python",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
         "m",
         "--host",
         "0.0.0.0",
@@ -171,6 +173,7 @@ def test_vllm_prefill_rdma() -> None:
         "m",
         "--tensor-parallel-size",
         "2",
+        "--enable-scale-out",
         "--ec-transfer-config",
         '{"ec_connector":"ECCPUConnector","ec_role":"ec_consumer"}',
         "--kv-transfer-config",

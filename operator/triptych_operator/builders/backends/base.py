@@ -35,6 +35,17 @@ from triptych_contract import (
 from triptych_operator.spec import MultimodalDeploymentSpec, Role, RoleBase, WorkerRole
 
 MODEL_MOUNT = "/models"
+# The builtin model (model.source.builtin, and always the reference backend's): the worker image writes it.
+BUILTIN_MODEL_DIR = f"{MODEL_MOUNT}/reference"
+BUILTIN_PREPARE_COMMAND = [
+    "python",
+    "-m",
+    "triptych_workers.engines.reference.prepare",
+    "--out",
+    BUILTIN_MODEL_DIR,
+]
+BUILTIN_MODEL_VOLUME_SIZE = "1Gi"
+PREPARE_RESOURCES = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - engines serve the pod network (the worker and the frontend call them)
 ENGINE_HEALTH_PATH = "/health"  # vLLM, SGLang and trtllm-serve all serve it on their HTTP port
 # Requests for containers the user gave none for (CPU-only pods must not be BestEffort).
@@ -63,6 +74,8 @@ class PodContext:
     `devices` the extended resources (GPUs, RDMA) the main container must request.
     """
 
+    deployment: str  # the MultimodalDeployment's name
+    namespace: str
     spec: MultimodalDeploymentSpec
     role: Role
     role_spec: RoleBase
@@ -97,6 +110,25 @@ class PodContext:
         volume = {"name": "model", "persistentVolumeClaim": {"claimName": self.model_pvc, "readOnly": True}}
         return [volume], [model_mount()]
 
+    def local_model(self, *, builtin: bool) -> tuple[list[Json], list[Json], list[Json]]:
+        """(volumes, mounts, init containers) of a model read from the pod's own files: the PVC when the
+        spec names one; else, for the builtin model, an emptyDir that an init container from the backend's
+        image fills (a few MB in seconds; the fixed-seed weights are the same in every pod, so each pod
+        writes its own copy and no shared volume is needed); else nothing (a hub id)."""
+        volumes, mounts = self.pvc_model()
+        if volumes or not builtin:
+            return volumes, mounts, []
+        prepare = {
+            "name": "prepare-model",
+            "image": self.backend_image,
+            "imagePullPolicy": self.image_pull_policy,
+            "command": list(BUILTIN_PREPARE_COMMAND),
+            "resources": PREPARE_RESOURCES,
+            "volumeMounts": [model_mount(read_only=False)],
+        }
+        volume = {"name": "model", "emptyDir": {"sizeLimit": BUILTIN_MODEL_VOLUME_SIZE}}
+        return [volume], [model_mount()], [prepare]
+
 
 @dataclass
 class PodParts:
@@ -117,10 +149,13 @@ class BackendProfile(ABC):
     uses_gpus: ClassVar[bool]
 
     def model_ref(self, spec: MultimodalDeploymentSpec) -> str:
-        """What the engine loads: a path under the PVC mount, else a hub id (the model's name by default)."""
+        """What the engine loads: a path under the PVC mount, the builtin model's directory, else a hub id
+        (the model's name by default)."""
         src = spec.model.source
         if src is not None and src.pvc is not None:
             return MODEL_MOUNT + (src.path or "").rstrip("/")
+        if src is not None and src.builtin is not None:
+            return BUILTIN_MODEL_DIR
         if src is not None and src.hub is not None:
             return src.hub
         return spec.model.name
@@ -263,8 +298,14 @@ def main_worker_container(
     return container
 
 
-def engine_server_parts(ctx: PodContext, engine: EngineCommand, extra_mounts: Sequence[Json]) -> list[Json]:
-    """The engine container (the user's env, resources and devices apply to it) and the worker sidecar."""
+def engine_server_parts(
+    ctx: PodContext,
+    engine: EngineCommand,
+    extra_mounts: Sequence[Json],
+    default_requests: Mapping[str, str] | None = None,
+) -> list[Json]:
+    """The engine container (the user's env, resources and devices apply to it; `default_requests` when
+    the user gave none) and the worker sidecar."""
     container: Json = {
         "name": "engine",
         "image": ctx.image,
@@ -272,7 +313,7 @@ def engine_server_parts(ctx: PodContext, engine: EngineCommand, extra_mounts: Se
         "command": engine.command,
         "ports": [{"name": "engine", "containerPort": ENGINE_PORT, "protocol": "TCP"}, *engine.ports],
         "env": merge_env([*ctx.offline_env, *engine.env, *ctx.network_env], ctx.user_env),
-        "resources": resources(ctx.role_spec, {}, ctx.devices),
+        "resources": resources(ctx.role_spec, default_requests or {}, ctx.devices),
         # Loading weights can take long: up to 30 minutes before liveness applies.
         "startupProbe": http_probe(ENGINE_HEALTH_PATH, "engine", 10, 180),
         "livenessProbe": http_probe(ENGINE_HEALTH_PATH, "engine", 15, 4),
@@ -291,6 +332,7 @@ def engine_server_parts(ctx: PodContext, engine: EngineCommand, extra_mounts: Se
 
 __all__ = [
     "ALL_INTERFACES",
+    "BUILTIN_MODEL_DIR",
     "ENGINE_HEALTH_PATH",
     "MODEL_MOUNT",
     "BackendProfile",

@@ -9,32 +9,19 @@ shared volume is needed. A `model.source.pvc` is mounted instead when given.
 
 from __future__ import annotations
 
-from typing import Any
-
 from triptych_operator.builders.backends.base import (
+    BUILTIN_MODEL_DIR,
     FRONTEND_REQUESTS,
-    MODEL_MOUNT,
     BackendProfile,
     EngineCommand,
     PodContext,
     PodParts,
     main_worker_container,
-    model_mount,
 )
 from triptych_operator.spec import MultimodalDeploymentSpec
 
 # What `hack/images build worker-reference` imports into the local cluster's node.
 REFERENCE_IMAGE = "localhost/triptych/worker-reference:dev"
-REFERENCE_MODEL_DIR = f"{MODEL_MOUNT}/reference"
-REFERENCE_PREPARE_COMMAND = [
-    "python",
-    "-m",
-    "triptych_workers.engines.reference.prepare",
-    "--out",
-    REFERENCE_MODEL_DIR,
-]
-REFERENCE_MODEL_VOLUME_SIZE = "1Gi"
-PREPARE_RESOURCES = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
 # The reference model is tiny: a small CPU request lets a demo and a test deployment share the 2-core node.
 REFERENCE_WORKER_REQUESTS = {"cpu": "100m", "memory": "1Gi"}
 
@@ -49,25 +36,11 @@ class ReferenceProfile(BackendProfile):
         src = spec.model.source
         if src is not None and src.pvc is not None:
             return super().model_ref(spec)
-        return REFERENCE_MODEL_DIR
+        return BUILTIN_MODEL_DIR
 
     def pod_parts(self, ctx: PodContext, engine: EngineCommand | None) -> PodParts:
         # Every role reads the model, the frontend too (it renders the chat template with the tokenizer).
-        volumes, mounts = ctx.pvc_model()
-        init: list[dict[str, Any]] = []
-        if not volumes:
-            volumes = [{"name": "model", "emptyDir": {"sizeLimit": REFERENCE_MODEL_VOLUME_SIZE}}]
-            mounts = [model_mount()]
-            init.append(
-                {
-                    "name": "prepare-model",
-                    "image": ctx.backend_image,
-                    "imagePullPolicy": ctx.image_pull_policy,
-                    "command": list(REFERENCE_PREPARE_COMMAND),
-                    "resources": PREPARE_RESOURCES,
-                    "volumeMounts": [model_mount(read_only=False)],
-                }
-            )
+        volumes, mounts, init = ctx.local_model(builtin=True)
         requests = FRONTEND_REQUESTS if ctx.worker is None else REFERENCE_WORKER_REQUESTS
         return PodParts([main_worker_container(ctx, requests, mounts)], init, volumes)
 

@@ -32,7 +32,9 @@ class TrtllmProfile(EngineServerProfile):
         if flags.encoder_only:
             return EngineCommand(["trtllm-serve", "mm_embedding_serve", self.model_ref(spec), *host_port])
         cmd = ["trtllm-serve", "serve", self.model_ref(spec), *host_port]
-        cmd += ["--backend", "pytorch", "--served_model_name", spec.model.name]
+        # No served-name flag: trtllm-serve serves the model under its positional MODEL (a path for a PVC),
+        # and the sidecar asks the engine its name (/v1/models) rather than assuming the spec's.
+        cmd += ["--backend", "pytorch"]
         cmd += ["--tp_size", str(worker.tensor_parallel * worker.data_parallel_local)]
         engine: dict[str, Any] = {}
         if worker.data_parallel_local > 1:

