@@ -108,6 +108,13 @@ class DataPlaneConfig(_Model):
     lease_timeout_seconds: Annotated[float, Field(gt=0, alias="leaseTimeoutSeconds")] = 30.0
 
 
+class EngineServerConfig(_Model):
+    """Where a backend's own server runs beside this sidecar (vLLM, SGLang, TensorRT-LLM pods)."""
+
+    url: str
+    health_path: Annotated[str, Field(alias="healthPath")] = "/health"
+
+
 class WorkerConfig(_Model):
     """The operator's per-role config file (see the module docstring)."""
 
@@ -128,6 +135,8 @@ class WorkerConfig(_Model):
     nats: NatsConfig = Field(default_factory=NatsConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     data_plane: Annotated[DataPlaneConfig, Field(alias="dataPlane")] = Field(default_factory=DataPlaneConfig)
+    engine: EngineServerConfig | None = None
+    """The engine server this worker drives (engine-server backends only; the operator writes it)."""
 
 
 def load_config(path: Path) -> WorkerConfig:

@@ -83,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request at INFO: a sidecar reads its engine's /metrics every heartbeat.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     role: RoleName = args.role
     try:
         settings = Settings.build(role, load_config(args.config), host=args.host, worker_id=args.worker_id)

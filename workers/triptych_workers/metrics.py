@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -30,6 +30,9 @@ from triptych_contract import (
 
 from triptych_workers.cache import EncoderCacheStats
 from triptych_workers.transport.metrics import TransportMetrics
+
+if TYPE_CHECKING:
+    from triptych_workers.engines.base import EngineLoad
 
 Outcome = Literal["ok", "client_error", "error", "timeout", "cancelled", "busy"]
 
@@ -118,6 +121,7 @@ class WorkerMetrics:
             registry=self.registry,
         )
         self._encoder_cache: _EncoderCacheCollector | None = None
+        self._engine_reports = False
         # Every series exists from the start, so a scrape before the first request sees zeros, not gaps.
         self.in_flight.set(0)
         self.queue_depth.set(0)
@@ -147,7 +151,22 @@ class WorkerMetrics:
         self._itl.labels(self.role, self.deployment).observe(seconds)
 
     def set_kv_utilization(self, fraction: float) -> None:
-        self._kv.labels(self.role, self.deployment).set(fraction)
+        if not self._engine_reports:
+            self._kv.labels(self.role, self.deployment).set(fraction)
+
+    def follow_engine(self, local_queue: Callable[[], int]) -> Callable[[EngineLoad], None]:
+        """For a sidecar whose engine is its own server: from now on the KV utilization is the engine's own
+        figure, and the queue depth is ``local_queue()`` (the sidecar's own queue) plus the requests waiting
+        inside the engine, as of the last ``EngineLoad`` given to the returned function."""
+        self._engine_reports = True
+        waiting = [0]
+
+        def update(load: EngineLoad) -> None:
+            waiting[0] = load.waiting
+            self._kv.labels(self.role, self.deployment).set(load.kv_cache_usage)
+
+        self.queue_depth.set_function(lambda: local_queue() + waiting[0])
+        return update
 
     @contextlib.contextmanager
     def pending(self, role: str) -> Iterator[None]:

@@ -344,6 +344,10 @@ class PrefillResult:
     kv_layout: KVLayout | None
     transfer_params: Mapping[str, Any] = field(default_factory=dict)
     prompt_token_ids: tuple[int, ...] = ()
+    items: tuple[EncodedItem, ...] = ()
+    """Items decode must be given again: vLLM's decode instance places the media in its prompt itself (its
+    processor computes the positions from them), though their embeddings are never computed there. The
+    reference engine's KV already holds everything, so it sends none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +366,24 @@ class DecodeStep:
     token_id: int
     text: str
     finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLoad:
+    """What an engine that is its own server reports of its load (vLLM: its /metrics), read by the sidecar
+    into the contract's metrics: requests waiting inside the engine join the sidecar's queue depth, and the
+    engine's KV-cache usage (0..1) is the KV utilization."""
+
+    waiting: int
+    running: int
+    kv_cache_usage: float
+
+
+@runtime_checkable
+class ReportsLoad(Protocol):
+    """An engine whose load the sidecar reads from the engine itself, not from its own accounting."""
+
+    async def read_load(self) -> EngineLoad: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,8 +45,33 @@ def _load_reference_prompter(config: WorkerConfig) -> Prompter:
     return ReferencePrompter(Path(config.model.path))
 
 
+ENGINE_STARTUP_TIMEOUT_S = 1800.0
+
+
+async def _load_vllm_engine(config: WorkerConfig) -> Engine:
+    from triptych_workers.engines.vllm.engine import VllmEngine  # noqa: PLC0415 - module docstring
+
+    if config.engine is None:
+        raise ConfigError("a vllm worker needs the engine server's address (config key 'engine')")
+    stages = set(config.stages or ())
+    return await VllmEngine.connect(
+        config.engine.url,
+        health_path=config.engine.health_path,
+        # An encode pod's vLLM is encoder-only: it is sent each item; elsewhere vLLM encodes while prefilling.
+        encoder_only=config.role == "encode" or stages == {"encode"},
+        modalities=config.modalities,
+        # As long as the engine container's own startup probe allows it to load (the operator gives it 30
+        # minutes): until then the sidecar is live but not ready.
+        startup_timeout_s=max(config.serving.startup_timeout_seconds, ENGINE_STARTUP_TIMEOUT_S),
+        request_timeout_s=config.serving.request_timeout_seconds,
+    )
+
+
 _BACKENDS: Mapping[Backend, BackendEntry] = {
     "reference": BackendEntry(load_engine=_load_reference_engine, load_prompter=_load_reference_prompter),
+    # vLLM's frontend renders with the model directory's own tokenizer, chat template and Qwen2-VL
+    # placeholder arithmetic (the reference prompter); vLLM checks the expansion on every request.
+    "vllm": BackendEntry(load_engine=_load_vllm_engine, load_prompter=_load_reference_prompter),
 }
 
 

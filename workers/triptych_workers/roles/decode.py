@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 
 from triptych_workers.engines.base import DecodeRequest, PrefillResult
-from triptych_workers.roles.common import fetch_tensor, parse_work
+from triptych_workers.roles.common import fetch_tensor, parse_work, resolve_items
 from triptych_workers.roles.messages import VERB_DECODE, DecodeWork
 from triptych_workers.roles.server import WorkerContext
 from triptych_workers.transport import Handler, Request
@@ -23,6 +23,7 @@ def handlers(ctx: WorkerContext) -> Mapping[str, Handler]:
         work = parse_work(DecodeWork, request.payload)
         ref = work.prefill
         kv = await fetch_tensor(ctx.plane, ref.kv, timeout_s=request.remaining()) if ref.kv else None
+        items = await resolve_items(ctx.plane, ref.items, None, timeout_s=request.remaining())
         prefill = PrefillResult(
             prompt_len=ref.prompt_len,
             first_token=ref.first_token,
@@ -31,6 +32,7 @@ def handlers(ctx: WorkerContext) -> Mapping[str, Handler]:
             kv_layout=ref.kv_layout.unit() if ref.kv_layout is not None else None,
             transfer_params=dict(ref.transfer_params),
             prompt_token_ids=ref.prompt_token_ids,
+            items=tuple(items),
         )
         steps = ctx.engine.decode(DecodeRequest(prefill, work.sampling.unit()))
         async for chunk in ctx.stream_steps(steps, started, kv_base=ref.prompt_len):

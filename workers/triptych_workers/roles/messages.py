@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, JsonValue
 from triptych_contract import Modality
 
 from triptych_workers.engines.base import (
@@ -163,9 +163,12 @@ class PrefillRef(Message):
     position_delta: int
     kv: TensorRef | None
     kv_layout: KVLayoutMessage | None
-    transfer_params: dict[str, str] = {}
+    transfer_params: dict[str, JsonValue] = {}
+    """A backend's own KV handle (vLLM: NixlConnector's ``kv_transfer_params``), as it gave it."""
     prompt_token_ids: tuple[int, ...] = ()
     """What decode's ``repetition_penalty`` needs of the prompt (``PrefillResult.prompt_token_ids``)."""
+    items: tuple[EncodedRef, ...] = ()
+    """``PrefillResult.items``: what decode is given again (vLLM), on the prefill worker's data plane."""
 
 
 class DecodeWork(Message):

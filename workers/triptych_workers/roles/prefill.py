@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 
 from triptych_workers.engines.base import PrefillRequest
-from triptych_workers.roles.common import parse_work, publish_tensor, resolve_items
+from triptych_workers.roles.common import parse_work, publish_encoded, publish_tensor, resolve_items
 from triptych_workers.roles.messages import VERB_PREFILL, KVLayoutMessage, PrefillRef, PrefillWork
 from triptych_workers.roles.server import WorkerContext
 from triptych_workers.transport import Handler, Request
@@ -30,8 +30,9 @@ def handlers(ctx: WorkerContext) -> Mapping[str, Handler]:
             position_delta=result.position_delta,
             kv=kv,
             kv_layout=KVLayoutMessage.of(result.kv_layout) if result.kv_layout is not None else None,
-            transfer_params={k: str(v) for k, v in result.transfer_params.items()},
+            transfer_params=dict(result.transfer_params),
             prompt_token_ids=result.prompt_token_ids,
+            items=tuple([await publish_encoded(ctx.plane, item) for item in result.items]),
         ).dumps()
 
     return {VERB_PREFILL: prefill}

@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from triptych_contract import LIVENESS_PATH, METRICS_PATH, READINESS_PATH
 
 from triptych_workers.config import Settings
-from triptych_workers.engines.base import DecodeStep, Engine
+from triptych_workers.engines.base import DecodeStep, Engine, EngineError, EngineLoad, ReportsLoad
 from triptych_workers.errors import ClientError, TriptychError
 from triptych_workers.metrics import WorkerMetrics
 from triptych_workers.roles.common import CachedEncoder, Plane, error_chunk
@@ -269,6 +269,30 @@ def instrumented(handler: Handler, metrics: WorkerMetrics) -> Handler:
 HandlerFactory = Callable[[WorkerContext], Mapping[str, Handler]]
 
 
+async def _cancelled(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def follow_engine_load(
+    engine: ReportsLoad, update: Callable[[EngineLoad], None], *, interval_s: float
+) -> None:
+    """Reads an engine server's own load every ``interval_s`` into the contract's metrics (until
+    cancelled). A failed read keeps the last figures and is logged once until reads work again."""
+    failing = False
+    while True:
+        try:
+            update(await engine.read_load())
+            failing = False
+        except EngineError as exc:
+            if not failing:
+                log.warning("cannot read the engine's load (keeping the last figures): %s", exc)
+            failing = True
+        await asyncio.sleep(interval_s)
+
+
 async def run_worker(
     settings: Settings, load_engine: Callable[[], Awaitable[Engine]], handlers: HandlerFactory
 ) -> None:
@@ -292,6 +316,7 @@ async def run_worker(
         conn: NatsConnection | None = None
         plane: TransferPlane | None = None
         server: WorkerServer | None = None
+        poller: asyncio.Task[None] | None = None
         try:
             conn = await connect_nats(settings, name=settings.worker_id)
             state["conn"] = conn
@@ -319,6 +344,11 @@ async def run_worker(
                 cache_keys=encoder.keys if encoder is not None else None,
             )
             await server.start()
+            if isinstance(engine, ReportsLoad):
+                update = metrics.follow_engine(lambda: server.queue_depth if server is not None else 0)
+                poller = asyncio.create_task(
+                    follow_engine_load(engine, update, interval_s=config.serving.heartbeat_seconds)
+                )
             state["serving"] = True
             log.info(
                 "%s worker %s serving %s on NATS role %s",
@@ -331,6 +361,7 @@ async def run_worker(
             log.info("stopping: draining in-flight work (up to %.0f s)", config.serving.drain_timeout_seconds)
         finally:
             state["serving"] = False
+            await _cancelled(poller)
             if server is not None:
                 await server.close()
             if plane is not None:

@@ -12,6 +12,7 @@ offline;
 ``AutoProcessor`` needs torchvision installed because transformers' Qwen2-VL video processor uses it)::
 
     config.json, generation_config.json, model.safetensors      the language model + vision tower
+    model.safetensors.index.json                                 which file holds them (not the audio's)
     tokenizer.json, tokenizer_config.json, chat_template.jinja  tokenizer and template
     processor_config.json                                        image and video processor settings
     audio_encoder.safetensors                                    mel filters + projection (fixed seed)
@@ -34,6 +35,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 import torch
+from safetensors import safe_open
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
@@ -240,6 +242,18 @@ def _write_language_model(out: Path, spec: ReferenceSpec, ids: Mapping[str, int]
         bos_token_id=ids["endoftext"], eos_token_id=eos, pad_token_id=ids["endoftext"], do_sample=False
     )
     model.save_pretrained(str(out))
+    _write_weight_index(out)
+
+
+def _write_weight_index(out: Path) -> None:
+    """``model.safetensors.index.json``: which file holds the language model's weights. A loader that reads
+    every ``*.safetensors`` of the directory (vLLM does, without an index) would take the audio encoder's
+    file for the model's and refuse its unknown tensors."""
+    with safe_open(str(out / "model.safetensors"), framework="numpy") as weights:
+        names = sorted(weights.keys())
+    size = (out / "model.safetensors").stat().st_size
+    index = {"metadata": {"total_size": size}, "weight_map": dict.fromkeys(names, "model.safetensors")}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
 
 
 def audio_encoder_weights(spec: ReferenceSpec) -> dict[str, npt.NDArray[np.float32]]:

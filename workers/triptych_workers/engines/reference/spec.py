@@ -23,7 +23,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Bump when the on-disk layout written by ``model_dir`` changes in a way the spec does not capture.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model.safetensors.index.json
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
