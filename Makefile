@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help venv lint fmt test test-unit test-integration test-e2e test-keda test-backends bench demo cluster-up cluster-down \
+.PHONY: help venv lint fmt test test-unit test-integration test-e2e test-keda test-backends test-vllm bench demo cluster-up cluster-down \
         cluster-status images crds rbac verify deploy undeploy run
 
 help: ## list targets
@@ -44,6 +44,11 @@ test-keda: venv ## opt-in: a real KEDA (built once from Go modules) scales a rol
 test-backends: venv ## opt-in: SGLang's own parser and resolution judge every command line the operator writes
 	hack/backend-venv sglang >/dev/null
 	TRIPTYCH_BACKENDS=1 $(PY) -m pytest tests/integration/backends
+
+# The vLLM image (cold: a few minutes and ~2 GB over the reference image; then cached) is built first.
+test-vllm: venv ## opt-in: vLLM's CPU build serving every mode in the cluster, token-equal to one plain vLLM
+	hack/images build worker-vllm
+	TRIPTYCH_VLLM=1 $(PY) -m pytest tests/e2e/vllm
 
 demo: ## bring up the local cluster and show it serving (see README)
 	hack/demo

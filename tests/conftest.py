@@ -39,23 +39,29 @@ def _tool_dirs() -> dict[str, Path]:
     return {name: Path(path) for name, _, path in (line.partition("=") for line in out.splitlines())}
 
 
+# (marker, the variable that turns the tier on, the make target that runs it)
+OPT_IN_TIERS = (
+    ("keda", "TRIPTYCH_KEDA", "test-keda"),
+    ("backends", "TRIPTYCH_BACKENDS", "test-backends"),
+    ("vllm", "TRIPTYCH_VLLM", "test-vllm"),
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that take the cluster down and up again run last, after everything that shares it. The KEDA
     tier (marker ``keda``) is opt-in: on a cold machine it first builds KEDA from Go modules (about 12 min on
     2 cores, on top of the cluster's own build), so it runs only with ``TRIPTYCH_KEDA=1`` (``make
     test-keda``). So is the backends tier (marker ``backends``: SGLang's own parser in a separate venv of
-    about 6 GB, torch and its CUDA libraries included): ``TRIPTYCH_BACKENDS=1`` (``make test-backends``)."""
+    about 6 GB, torch and its CUDA libraries included): ``TRIPTYCH_BACKENDS=1`` (``make test-backends``). So
+    is the vLLM tier (marker ``vllm``: the vLLM image, a ~2 GB layer over the reference one, and three vLLM
+    pods of ~4 GB each on the real node): ``TRIPTYCH_VLLM=1`` (``make test-vllm``)."""
     items.sort(key=lambda item: item.get_closest_marker("cluster_lifecycle") is not None)
-    if os.environ.get("TRIPTYCH_KEDA") != "1":
-        skip = pytest.mark.skip(reason="opt-in KEDA tier: make test-keda (or TRIPTYCH_KEDA=1)")
-        for item in items:
-            if item.get_closest_marker("keda") is not None:
-                item.add_marker(skip)
-    if os.environ.get("TRIPTYCH_BACKENDS") != "1":
-        skip = pytest.mark.skip(reason="opt-in backends tier: make test-backends (or TRIPTYCH_BACKENDS=1)")
-        for item in items:
-            if item.get_closest_marker("backends") is not None:
-                item.add_marker(skip)
+    for marker, variable, target in OPT_IN_TIERS:
+        if os.environ.get(variable) != "1":
+            skip = pytest.mark.skip(reason=f"opt-in {marker} tier: make {target} (or {variable}=1)")
+            for item in items:
+                if item.get_closest_marker(marker) is not None:
+                    item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

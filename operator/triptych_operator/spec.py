@@ -741,13 +741,13 @@ _SPEC_RULES = [
         f"!has(self.device) || self.device == 'gpu' || self.backend in {list(CPU_BACKENDS)}",
         f"device cpu is available with the {' and '.join(CPU_BACKENDS)} backends only",
         field_path=".device",
-        reason="FieldValueNotSupported",
+        reason="FieldValueInvalid",
     ),
     cel(
         "self.backend != 'reference' || !has(self.device) || self.device == 'cpu'",
         "the reference backend runs on CPU: device must be cpu (or left out)",
         field_path=".device",
-        reason="FieldValueNotSupported",
+        reason="FieldValueInvalid",
     ),
     cel(
         "!has(self.device) || self.device != 'cpu' || !has(self.networking) || self.networking.transport != 'rdma'",  # noqa: E501

@@ -4,7 +4,10 @@
   from scratch. Other images take it as the build argument ``BASE``, so the same build file works with a
   public base (``--build-arg BASE=docker.io/library/python:3.11-slim-bookworm``) where a registry is.
 - ``pause``: the Kubernetes sandbox image, built from the kubernetes module's ``build/pause/linux/pause.c``.
-- every other ``images/NAME/Containerfile``: built with the repository as context.
+- every other ``images/NAME/Containerfile``: built with the repository as context. An image whose folder has
+  a ``parent`` file is built over that image (its build argument ``PARENT``; the parent is built first and
+  its content hash is part of this one's), and one with an ``opt-in`` file is built only when named
+  (``build all`` skips it: the vLLM image is a large layer that only its tier needs).
 
 Nothing host-specific is written into the repository: the mirror, pip configuration and CA bundle are read
 from the machine at build time and mounted into build steps read-only.
@@ -188,14 +191,26 @@ def pause_source() -> Path:
     return src
 
 
+def parent_of(name: str) -> str | None:
+    marker = IMAGES / name / "parent"
+    return marker.read_text().strip() if marker.exists() else None
+
+
+def opt_in(name: str) -> bool:
+    return (IMAGES / name / "opt-in").exists()
+
+
 def build_image(name: str, force: bool, base_key: str) -> str:
     folder = IMAGES / name
     if not (folder / "Containerfile").exists():
         raise ClusterError(f"images: {folder}/Containerfile not found")
     ref = ref_of(name)
+    parent = parent_of(name)
     if name == "pause":
         src = pause_source()
         key = tree_hash([folder, src])
+    elif parent is not None:
+        key = tree_hash(context_inputs(name), extra=build_image(parent, force=False, base_key=base_key))
     else:
         key = tree_hash(context_inputs(name), extra=base_key)
     record = load_record(name)
@@ -233,6 +248,8 @@ def build_image(name: str, force: bool, base_key: str) -> str:
             run([*cmd, tmp], what=f"images: build {name}", timeout=600, log=logf)
     else:
         cmd += ["--build-arg", f"BASE={ref_of('base')}"]
+        if parent is not None:
+            cmd += ["--build-arg", f"PARENT={ref_of(parent)}"]
         # Downloads inside build steps use this machine's own CA bundle and pip configuration, read-only.
         if CA_BUNDLE.exists():
             cmd += ["-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
@@ -338,7 +355,7 @@ def all_names() -> list[str]:
 
 def build(names: list[str], force: bool) -> None:
     paths = Paths(cache_dir())
-    wanted = all_names() if names == ["all"] else names
+    wanted = [n for n in all_names() if not opt_in(n)] if names == ["all"] else names
     for name in wanted:
         if not (IMAGES / name).is_dir():
             raise ClusterError(f"images: no folder images/{name} (have: {', '.join(all_names())})")

@@ -130,7 +130,7 @@ async def test_keepalives_tell_a_slow_worker_from_a_lost_one(
             # Accepted and running once the stream knows its worker (waited for, not assumed after a sleep:
             # CI once found it unaccepted after 0.3 s on a loaded machine).
             async with asyncio.timeout(10):
-                while replies.worker_id is None:
+                while replies.worker_id is None:  # noqa: ASYNC110 - the stream offers no event for it
                     await asyncio.sleep(0.01)
             assert replies.worker_id == "lost"
             await worker_conn.close()

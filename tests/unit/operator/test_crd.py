@@ -99,3 +99,22 @@ def test_every_spec_field_has_a_description() -> None:
 
     walk(spec, "spec")
     assert missing == []
+
+
+# What apiextensions accepts as a CEL rule's reason (the API server refuses the CRD otherwise).
+CEL_REASONS = {"FieldValueDuplicate", "FieldValueForbidden", "FieldValueInvalid", "FieldValueRequired"}
+
+
+def _reasons(node: object) -> list[str]:
+    if isinstance(node, list):
+        return [r for item in node for r in _reasons(item)]
+    if not isinstance(node, dict):
+        return []
+    found = [v["reason"] for v in node.get("x-kubernetes-validations", []) if "reason" in v]
+    return found + [r for value in node.values() for r in _reasons(value)]
+
+
+def test_every_cel_reason_is_one_the_api_server_accepts() -> None:
+    reasons = _reasons(_load()["spec"]["versions"][0]["schema"])
+    assert reasons, "the schema has CEL rules with reasons"
+    assert set(reasons) <= CEL_REASONS

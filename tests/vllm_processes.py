@@ -1,0 +1,113 @@
+"""vLLM servers as host processes (vLLM's CPU build from ``hack/backend-venv vllm``) with the flags the
+operator's vllm profile writes for each role on CPU, for the vLLM benchmark (no pytest here).
+
+Each server is ``python -m vllm.entrypoints.openai.api_server`` on 127.0.0.1 with its output in a log
+file; ``stop`` ends it by its PID (SIGTERM, then SIGKILL after a deadline), which takes its engine-core
+child with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.kube import stop_process
+from tests.worker_processes import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+READY_TIMEOUT_S = 600.0
+
+
+def vllm_python() -> Path | None:
+    """The vLLM venv's python, if ``hack/backend-venv vllm`` has made it."""
+    out = subprocess.run(
+        [str(REPO / "hack" / "backend-venv"), "vllm", "--path"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    path = Path(out)
+    return path if path.exists() and any(path.parent.parent.glob(".complete-*")) else None
+
+
+def role_args(role: str, ec_dir: Path) -> list[str]:
+    """vLLM's own disaggregation flags for one role, as the operator writes them on CPU."""
+    ec = {
+        "ec_connector": "ECExampleConnector",
+        "ec_connector_extra_config": {"shared_storage_path": str(ec_dir)},
+    }
+    kv = {"kv_connector": "NixlConnector", "kv_buffer_device": "cpu"}
+    if role == "encode":
+        producer = json.dumps({**ec, "ec_role": "ec_producer"})
+        return [
+            "--mm-encoder-only",
+            "--ec-transfer-config",
+            producer,
+            "--enforce-eager",
+            "--no-enable-prefix-caching",
+        ]
+    if role == "prefill":
+        return [
+            "--ec-transfer-config", json.dumps({**ec, "ec_role": "ec_consumer"}),
+            "--kv-transfer-config", json.dumps({**kv, "kv_role": "kv_producer"}),
+        ]  # fmt: skip
+    if role == "decode":
+        return ["--kv-transfer-config", json.dumps({**kv, "kv_role": "kv_consumer"})]
+    return []  # plain
+
+
+@dataclass
+class VllmServer:
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        stop_process(self.process, grace_s=30)
+
+
+def start_vllm(python: Path, tmp: Path, role: str, model_dir: Path, *, served: str) -> VllmServer:
+    """One server for ``role`` (encode, prefill, decode, or plain), its log ``tmp/<role>.log``."""
+    name = role
+    port = free_port()
+    nixl_port = free_port()
+    args = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
+    args += ["--served-model-name", served, "--host", "127.0.0.1", "--port", str(port), "--enable-scale-out"]
+    args += role_args(role, tmp / "ec")
+    env = {
+        **os.environ,
+        "VLLM_TARGET_DEVICE": "cpu",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "VLLM_HOST_IP": "127.0.0.1",
+        "VLLM_NIXL_SIDE_CHANNEL_HOST": "127.0.0.1",
+        "VLLM_NIXL_SIDE_CHANNEL_PORT": str(nixl_port),
+        "UCX_TLS": "tcp,self,sm",
+        "UCX_NET_DEVICES": "lo",
+        "HF_HUB_OFFLINE": "1",
+    }
+    log = tmp / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+    return VllmServer(name, process, f"http://127.0.0.1:{port}", log)
+
+
+def wait_healthy(servers: list[VllmServer], timeout_s: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    for server in servers:
+        while not server.healthy():
+            if server.process.poll() is not None:
+                raise RuntimeError(f"{server.name} exited:\n{server.log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{server.name} not healthy:\n{server.log.read_text()[-3000:]}")
+            time.sleep(1)
