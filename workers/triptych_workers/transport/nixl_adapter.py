@@ -1,20 +1,19 @@
 """The one typed door to NIXL (which ships no type information).
 
-Only this module touches ``nixl``; it is imported lazily so a process without NIXL still runs (inline data
-plane). Every call here is a short synchronous C call and is made from the event loop's thread: the agent runs
-its own UCX progress thread (needed, because a passive producer is never polled by anyone else), and keeping
-our calls on one thread means the agent's default thread-sync mode (none) is safe.
+Only this module touches ``nixl`` (with ``nixl_progress``, which also serves vLLM's agents); it is imported
+lazily so a process without NIXL still runs (inline data plane). Every call here is a short synchronous C
+call and is made from the event loop's thread: the agent runs its own UCX progress thread (needed, because a
+passive producer is never polled by anyone else), and keeping our calls on one thread means the agent's
+default thread-sync mode (none) is safe.
 """
 
 from __future__ import annotations
 
 import importlib
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from triptych_workers.nixl_progress import progress_thread_delay
 from triptych_workers.transport.errors import NixlUnavailable, TransferFailed
 
 XferState = Literal["DONE", "PROC", "ERR"]
@@ -42,38 +41,6 @@ class XferHandle:
     handle: Any
 
 
-# NIXL's Python API hard-codes the progress thread's delay to 0, which makes the thread busy-spin: a whole
-# core per idle worker process (measured here: 99.9 % of a core with no transfer in flight). With a delay the
-# thread waits on UCX's event file descriptor between polls: 3 % of a core idle, transfers unaffected
-# (tests/bench/bench_transfer.py). Microseconds, as NIXL's nixlAgentConfig.pthrDelay.
-PROGRESS_THREAD_DELAY_US = 1000
-_agent_creation = threading.Lock()
-
-
-@contextmanager
-def _progress_thread_delay(api: Any, delay_us: int) -> Iterator[None]:
-    """Create agents inside this block to give their progress thread ``delay_us``.
-
-    ``nixl_agent.__init__`` builds its ``nixlAgentConfig``, sets ``pthrDelay = 0`` and passes it to
-    ``nixlBind.nixlAgent``; wrapping that one constructor for the duration of the call is the only way to
-    change the value without re-implementing the agent's set-up. The lock keeps concurrent creations from
-    seeing each other's wrapper.
-    """
-    bind = api.nixlBind
-    with _agent_creation:
-        real = bind.nixlAgent
-
-        def with_delay(name: str, config: Any) -> Any:
-            config.pthrDelay = delay_us
-            return real(name, config)
-
-        bind.nixlAgent = with_delay
-        try:
-            yield
-        finally:
-            bind.nixlAgent = real
-
-
 class NixlAgent:
     """A NIXL agent with the UCX backend, DRAM memory only (GPU memory is the same calls with ``VRAM``)."""
 
@@ -84,7 +51,7 @@ class NixlAgent:
             raise NixlUnavailable(f"nixl is not installed: {exc}") from exc
         try:
             config = api.nixl_agent_config(enable_prog_thread=True, backends=["UCX"])
-            with _progress_thread_delay(api, PROGRESS_THREAD_DELAY_US):
+            with progress_thread_delay(api):  # not NIXL's busy spin: nixl_progress.py
                 self._agent: Any = api.nixl_agent(name, config)
         except Exception as exc:  # NIXL raises RuntimeError/nixlBind errors for any setup failure
             raise NixlUnavailable(f"cannot create a NIXL agent: {exc}") from exc

@@ -62,6 +62,7 @@ SERVER = ["python", "-m", "vllm.entrypoints.openai.api_server"]
 # CPU: where ECExampleConnector's files live in the pods, and on the node.
 EC_STORAGE_MOUNT = "/var/cache/triptych-ec"
 EC_STORAGE_HOST_ROOT = "/var/lib/triptych/ec"
+NIXL_PROGRESS_DELAY_US = "1000"  # triptych_workers.nixl_progress (images/worker-vllm runs it at start)
 CPU_KVCACHE_GIB = "1"  # VLLM_CPU_KVCACHE_SPACE: the KV cache's host memory, GiB (the user's env overrides)
 # A CPU engine's requests when the role gives none (not BestEffort; the tiny model fits in ~4 GB RSS).
 CPU_ENGINE_REQUESTS = {"cpu": "250m", "memory": "2Gi"}
@@ -117,6 +118,10 @@ class VllmProfile(EngineServerProfile):
             if cpu:
                 kv["kv_buffer_device"] = "cpu"
             cmd += ["--kv-transfer-config", compact_json(kv)]
+            if cpu:
+                # NIXL's progress thread busy-spins by default (a core per engine: two took the node's
+                # both cores and starved the sidecars); the image's start-up hook gives it a delay.
+                out.env += [{"name": "TRIPTYCH_NIXL_PROGRESS_DELAY_US", "value": NIXL_PROGRESS_DELAY_US}]
             out.env += [pod_ip_env("VLLM_NIXL_SIDE_CHANNEL_HOST")]
             out.env += [{"name": "VLLM_NIXL_SIDE_CHANNEL_PORT", "value": str(NIXL_SIDE_CHANNEL_PORT)}]
             out.ports += [{"name": "nixl-side", "containerPort": NIXL_SIDE_CHANNEL_PORT, "protocol": "TCP"}]
