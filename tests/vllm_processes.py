@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from tests.kube import stop_process
 from tests.worker_processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-READY_TIMEOUT_S = 600.0
+READY_TIMEOUT_S = 600.0  # for wait_ready: a vLLM server loads and compiles for tens of seconds
 
 
 def vllm_python() -> Path | None:
@@ -66,7 +65,7 @@ class VllmServer:
     url: str
     log: Path
 
-    def healthy(self) -> bool:
+    def ready(self) -> bool:
         try:
             return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
         except httpx.HTTPError:
@@ -100,14 +99,3 @@ def start_vllm(python: Path, tmp: Path, role: str, model_dir: Path, *, served: s
     with log.open("wb") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
     return VllmServer(name, process, f"http://127.0.0.1:{port}", log)
-
-
-def wait_healthy(servers: list[VllmServer], timeout_s: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    for server in servers:
-        while not server.healthy():
-            if server.process.poll() is not None:
-                raise RuntimeError(f"{server.name} exited:\n{server.log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{server.name} not healthy:\n{server.log.read_text()[-3000:]}")
-            time.sleep(1)

@@ -15,10 +15,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import yaml
@@ -122,7 +122,17 @@ def start_role(
     return Proc(name, process, metrics_port, log, http_port)
 
 
-def wait_ready(procs: list[Proc], timeout_s: float = 90) -> None:
+class Startable(Protocol):
+    """What ``wait_ready`` needs of a started process (a role's ``Proc``, a ``VllmServer``)."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def ready(self) -> bool: ...
+
+
+def wait_ready(procs: Sequence[Startable], timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
     for proc in procs:
         while not proc.ready():

@@ -30,7 +30,7 @@ from triptych_workers.engines.reference.spec import ReferenceSpec, default_model
 from tests.bench.__main__ import machine
 from tests.integration.workers.conftest import NatsServerProcess
 from tests.media_factory import encode_image, gradient_array
-from tests.vllm_processes import VllmServer, start_vllm, vllm_python, wait_healthy
+from tests.vllm_processes import READY_TIMEOUT_S, VllmServer, start_vllm, vllm_python
 from tests.worker_processes import base_config, start_role, stop_procs, wait_ready
 
 SERVED = "triptych/tiny-qwen2-vl"
@@ -107,7 +107,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         plain = start_vllm(python, tmp, "plain", model_dir, served=SERVED)
         try:
-            wait_healthy([plain])
+            wait_ready([plain], timeout_s=READY_TIMEOUT_S)
             base = _measure(_client(plain.url), prompts)
         finally:
             plain.stop()
@@ -139,7 +139,7 @@ def _triptych(
             start_vllm(python, tmp, role, model_dir, served=SERVED)
             for role in ("encode", "prefill", "decode")
         ]
-        wait_healthy(servers)
+        wait_ready(servers, timeout_s=READY_TIMEOUT_S)
         base = base_config("benchvllm", "E/P/D", model_dir, nats.url, requestTimeoutSeconds=180)
         base = {
             **base,

@@ -137,18 +137,18 @@ class VllmProfile(EngineServerProfile):
         mounts = list(model_mounts)
         flags = role_flags(ctx.spec, ctx.role)
         if cpu and (flags.encoder_only or flags.ec_consumer):
-            volumes.append(_ec_storage(ctx))
+            volumes.append(_ec_storage(ctx, self.model_ref(ctx.spec)))
             mounts.append({"name": "ec-storage", "mountPath": EC_STORAGE_MOUNT})
             init.append(_ec_storage_writable(ctx))
         requests = CPU_ENGINE_REQUESTS if cpu else None
         return PodParts(engine_server_parts(ctx, engine, mounts, requests), init, volumes)
 
 
-def _ec_storage(ctx: PodContext) -> Json:
+def _ec_storage(ctx: PodContext, model_ref: str) -> Json:
     """The node directory one deployment's encoder and consumers share (ECExampleConnector, CPU). Its files
     are named by media hash alone, so the directory is per model too: another model's outputs under the
     same hash must never be read."""
-    model = hashlib.sha256(f"{ctx.spec.model.name}\0{VllmProfile().model_ref(ctx.spec)}".encode()).hexdigest()
+    model = hashlib.sha256(f"{ctx.spec.model.name}\0{model_ref}".encode()).hexdigest()
     path = f"{EC_STORAGE_HOST_ROOT}/{ctx.namespace}/{ctx.deployment}/{model[:16]}"
     return {"name": "ec-storage", "hostPath": {"path": path, "type": "DirectoryOrCreate"}}
 

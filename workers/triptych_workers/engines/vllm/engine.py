@@ -74,13 +74,10 @@ def media_file(item: EncodedItem) -> MediaFile:
 class VllmEngine:
     """One vLLM server's HTTP API as an ``Engine`` (see the module docstring)."""
 
-    def __init__(
-        self, client: httpx.AsyncClient, info: EngineInfo, *, encoder_only: bool, served_model: str
-    ) -> None:
+    def __init__(self, client: httpx.AsyncClient, info: EngineInfo, *, encoder_only: bool) -> None:
         self._client = client
         self._info = info
         self.encoder_only = encoder_only
-        self.served_model = served_model
 
     @classmethod
     async def connect(
@@ -124,7 +121,7 @@ class VllmEngine:
             eos_token_ids=frozenset(),
         )
         log.info("vLLM at %s serves %s (max_model_len %d)", url, info.model, info.max_model_len)
-        return cls(client, info, encoder_only=encoder_only, served_model=info.model)
+        return cls(client, info, encoder_only=encoder_only)
 
     @property
     def info(self) -> EngineInfo:
@@ -158,7 +155,7 @@ class VllmEngine:
                 TensorBuffer.from_array(np.frombuffer(png, dtype=np.uint8)),
             )
             if self.encoder_only:
-                body = protocol.encoder_body(media_file(item), model=self.served_model)
+                body = protocol.encoder_body(media_file(item), model=self._info.model)
                 await self._post(protocol.CHAT_PATH, body)
             out.append(item)
         return out
@@ -170,7 +167,7 @@ class VllmEngine:
             prompt.spans,
             [media_file(i) for i in request.items],
             protocol.sampling_params(request.sampling, max_tokens=1),
-            model=self.served_model,
+            model=self._info.model,
             stream=False,
             kv_transfer_params=protocol.REMOTE_DECODE,
         )
@@ -210,7 +207,7 @@ class VllmEngine:
             prompt.spans,
             [media_file(i) for i in items],
             protocol.sampling_params(sampling),
-            model=self.served_model,
+            model=self._info.model,
             stream=True,
             kv_transfer_params=kv_transfer_params,
         )
