@@ -15,8 +15,6 @@ cache.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,8 @@ from triptych_operator.settings import OperatorSettings
 from triptych_operator.spec import parse_spec
 
 from tests.backend_cases import serving_specs, uncovered
-from tests.conftest import HACK, REPO
+from tests.conftest import REPO
+from tests.integration.backends.conftest import run_checker
 
 pytestmark = [pytest.mark.backends, pytest.mark.slow]
 
@@ -109,31 +108,12 @@ BAD_CASES = {
 }
 
 
-def sglang_python() -> Path:
-    out = subprocess.run(
-        [str(HACK / "backend-venv"), "sglang", "--path"], capture_output=True, text=True, check=False
-    )
-    assert out.returncode == 0, out.stderr
-    return Path(out.stdout.strip())
-
-
 @pytest.fixture(scope="module")
-def verdicts() -> dict[str, dict[str, Any]]:
+def verdicts(sglang_python: Path) -> dict[str, dict[str, Any]]:
     """SGLang's verdict on every case, good and bad, from one run of the checker."""
-    python = sglang_python()
-    if not python.exists():
-        pytest.fail(
-            f"no SGLang venv at {python.parent.parent}: run `hack/backend-venv sglang` first", pytrace=False
-        )
     commands = [{"id": i, "command": c} for i, c in CASES.items()]
     commands += [{"id": i, "command": c} for i, (c, _, _) in BAD_CASES.items()]
-    request = json.dumps({"models": MODELS, "commands": commands})
-    run = subprocess.run(
-        [str(python), str(CHECKER)], input=request, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    answer = json.loads(run.stdout)
-    assert answer["sglang"] == "0.5.23"
+    answer = run_checker(sglang_python, CHECKER, {"models": MODELS, "commands": commands})
     return {r["id"]: r for r in answer["results"]}
 
 

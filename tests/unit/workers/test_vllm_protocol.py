@@ -12,6 +12,7 @@ import json
 
 import pytest
 from triptych_workers.engines.base import EngineError, PlaceholderSpan, SamplingParams
+from triptych_workers.engines.load import parse_load
 from triptych_workers.engines.vllm import protocol
 from triptych_workers.errors import ClientError
 
@@ -182,10 +183,10 @@ vllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.75
 
 
 def test_vllms_gauges_become_the_contracts_load() -> None:
-    load = protocol.parse_load(VLLM_METRICS)
+    load = parse_load(VLLM_METRICS, protocol.VLLM_LOAD)
     assert (load.waiting, load.running, load.kv_cache_usage) == (7, 3, 0.5)
 
 
 def test_a_vllm_without_the_gauges_is_an_error_naming_them() -> None:
-    with pytest.raises(EngineError, match="lacks vllm:num_requests_waiting"):
-        protocol.parse_load(VLLM_METRICS.replace("vllm:num_requests_waiting", "vllm:other"))
+    with pytest.raises(EngineError, match="vLLM's /metrics lacks vllm:num_requests_waiting"):
+        parse_load(VLLM_METRICS.replace("vllm:num_requests_waiting", "vllm:other"), protocol.VLLM_LOAD)

@@ -49,6 +49,7 @@ from triptych_workers.engines.base import (
     SamplingParams,
     TensorBuffer,
 )
+from triptych_workers.engines.load import parse_load
 from triptych_workers.engines.vllm import protocol
 from triptych_workers.engines.vllm.protocol import MediaFile
 
@@ -232,7 +233,7 @@ class VllmEngine:
             response = await self._client.get("/metrics", timeout=5.0)
         except httpx.HTTPError as exc:
             raise EngineError(f"the vLLM server's /metrics did not answer: {exc}") from exc
-        return protocol.parse_load(response.text)
+        return parse_load(response.text, protocol.VLLM_LOAD)
 
     async def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         try:

@@ -28,17 +28,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from triptych_workers.engines.base import (
     DecodeStep,
     EngineError,
-    EngineLoad,
     FinishReason,
     PlaceholderSpan,
     SamplingParams,
     UnsupportedModalityError,
 )
+from triptych_workers.engines.load import LoadGauges
 from triptych_workers.errors import ClientError
 
 GENERATE_PATH = "/inference/v1/generate"
@@ -250,25 +248,9 @@ def _finish(reason: object) -> FinishReason | None:
 
 
 # vLLM's own gauges (vllm/v1/metrics/loggers.py) that the contract's load figures come from.
-VLLM_WAITING = "vllm:num_requests_waiting"
-VLLM_RUNNING = "vllm:num_requests_running"
-VLLM_KV_USAGE = "vllm:kv_cache_usage_perc"
-
-
-def parse_load(exposition: str) -> EngineLoad:
-    """vLLM's ``/metrics`` text as an ``EngineLoad`` (summed over engines: a data-parallel pod has several);
-    ``EngineError`` if a gauge the contract needs is missing (a vLLM that renamed it)."""
-    values: dict[str, list[float]] = {VLLM_WAITING: [], VLLM_RUNNING: [], VLLM_KV_USAGE: []}
-    for family in text_string_to_metric_families(exposition):
-        for sample in family.samples:
-            if sample.name in values:
-                values[sample.name].append(sample.value)
-    missing = [name for name, found in values.items() if not found]
-    if missing:
-        raise EngineError(f"vLLM's /metrics lacks {', '.join(missing)}")
-    usage = values[VLLM_KV_USAGE]
-    return EngineLoad(
-        waiting=round(sum(values[VLLM_WAITING])),
-        running=round(sum(values[VLLM_RUNNING])),
-        kv_cache_usage=max(0.0, min(1.0, sum(usage) / len(usage))),
-    )
+VLLM_LOAD = LoadGauges(
+    backend="vLLM",
+    waiting="vllm:num_requests_waiting",
+    running="vllm:num_requests_running",
+    kv_cache_usage="vllm:kv_cache_usage_perc",
+)
