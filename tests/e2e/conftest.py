@@ -3,6 +3,7 @@ per session, shared by the operator's e2e tests and the pipeline's, uninstalled 
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,6 +54,27 @@ def operator(cluster: Kube) -> Iterator[Kube]:
         cluster.helm(
             "uninstall", RELEASE, "--namespace", OPERATOR_NS, "--wait", "--timeout", "120s", timeout=150
         )
+
+
+@contextlib.contextmanager
+def tier_up(tool: str, *, up_timeout: float, down_timeout: float = 180) -> Iterator[None]:
+    """An opt-in tier's host processes (``hack/keda``, ``hack/argocd``) up for the duration: ``up`` is a
+    no-op when they are up already, and ``down`` afterwards happens only if this started them."""
+
+    def hack(command: str, timeout: float) -> int:
+        return subprocess.run(
+            [str(REPO / "hack" / tool), command], stdout=sys.stderr, stderr=sys.stderr, timeout=timeout,
+            check=False,
+        ).returncode  # fmt: skip
+
+    started_here = hack("status", timeout=60) != 0
+    if hack("up", timeout=up_timeout) != 0:
+        pytest.fail(f"hack/{tool} up failed (its last lines are above)", pytrace=False)
+    try:
+        yield
+    finally:
+        if started_here:
+            hack("down", timeout=down_timeout)
 
 
 def externally_scaled(name: str, namespace: str) -> dict[str, Any]:

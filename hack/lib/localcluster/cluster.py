@@ -16,9 +16,11 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from localcluster import configs, network, pki
 from localcluster.config import (
+    ARGOCD_COMPONENTS,
     BRIDGE_IP,
     CLUSTER_NAME,
     COREDNS_READY_PORT,
@@ -37,6 +39,7 @@ from localcluster.procs import (
     ClusterError,
     pids_with_cmdline,
     read_pid,
+    report_failures,
     run,
     start_daemon,
     stop_component,
@@ -112,6 +115,28 @@ class Cluster:
             what=what,
             stdin=json.dumps(doc),
         )
+
+    def objects(self, manifest: str, what: str) -> list[dict[str, Any]]:
+        """The objects of a YAML manifest (a release's install, say) as JSON, through kubectl's client-side
+        dry run: hack/ uses no YAML library."""
+        as_json = self.kubectl(
+            "create", "--dry-run=client", "-o", "json", "-f", "-", what=what, stdin=manifest
+        )
+        return json_stream(as_json.stdout)
+
+    def service_account_kubeconfig(
+        self, namespace: str, account: str, path: Path, *, duration: str, context_namespace: str | None = None
+    ) -> None:
+        """Write a kubeconfig (0600) that authenticates as ServiceAccount ``namespace/account`` with a token
+        of it lasting ``duration``, for a tier's host process: it may do what that account's RBAC allows."""
+        token = self.kubectl(
+            "create", "token", account, "-n", namespace, "--duration", duration,
+            what=f"token for {namespace}/{account}",
+        ).stdout.strip()  # fmt: skip
+        view = self.kubectl("config", "view", "--raw", "--minify", "-o", "json", what="kubeconfig")
+        config = kubeconfig_for_token(json.loads(view.stdout), token, account, context_namespace)
+        path.write_text(json.dumps(config, indent=2))
+        path.chmod(0o600)
 
     def api_ready(self) -> bool:
         return self.kubectl("get", "--raw", "/readyz", check=False, timeout=10).returncode == 0
@@ -413,8 +438,8 @@ class Cluster:
                 wait_until("pod sandboxes to stop", self.no_running_tasks, deadline_s=30, paths=self.paths)
             except ClusterError as exc:
                 log(f"{exc}; removing what is left by force")
-        # KEDA's host processes, if `hack/keda up` started them, then the node's own.
-        for component in (*KEDA_COMPONENTS, "coredns", "kube-proxy", "kubelet"):
+        # The tiers' host processes, if `hack/keda up` or `hack/argocd up` started them, then the node's own.
+        for component in (*KEDA_COMPONENTS, *ARGOCD_COMPONENTS, "coredns", "kube-proxy", "kubelet"):
             stop_component(self.paths, component)
         if self.paths.containerd_socket.exists() and read_pid(self.paths.pidfile("containerd")):
             self.remove_all_containers()
@@ -495,6 +520,39 @@ class Cluster:
         return 0 if api and all(pids.values()) else 1
 
 
+def json_stream(text: str) -> list[dict[str, Any]]:
+    """The objects of kubectl's ``-o json`` for several inputs: one document after another (or a List)."""
+    decoder = json.JSONDecoder()
+    objects: list[dict[str, Any]] = []
+    text, at = text.strip(), 0
+    while at < len(text):
+        obj, at = decoder.raw_decode(text, at)
+        objects += obj["items"] if obj.get("kind") == "List" else [obj]
+        while at < len(text) and text[at].isspace():
+            at += 1
+    return objects
+
+
+def kubeconfig_for_token(
+    admin: dict[str, Any], token: str, user: str, namespace: str | None = None
+) -> dict[str, Any]:
+    """The admin kubeconfig's cluster (server and CA) with a ServiceAccount's token as the user; ``namespace``
+    is the context's (a process that takes its namespace from its kubeconfig, as Argo CD's controller does,
+    works there)."""
+    cluster = admin["clusters"][0]
+    context: dict[str, str] = {"cluster": cluster["name"], "user": user}
+    if namespace is not None:
+        context["namespace"] = namespace
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": user, "context": context}],
+        "current-context": user,
+    }
+
+
 def kwok_stages(kwok_version: str) -> list[str]:
     """kwok's own "fast" node and pod stages (from its module, which hack/build-tools downloaded): nodes
     become Ready, pods Running/Ready at once, deletions complete."""
@@ -528,7 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("kubeconfig", help="print the kubeconfig file's path")
     args = parser.parse_args(argv)
     cluster = Cluster(Paths(cache_dir()))
-    try:
+
+    def act() -> int:
         if args.command == "up":
             cluster.up(args.gpu_nodes)
         elif args.command == "down":
@@ -539,15 +598,6 @@ def main(argv: list[str] | None = None) -> int:
             cluster.restart_apiserver(args.down_seconds)
         else:
             print(cluster.paths.kubeconfig)
-    except ClusterError as exc:
-        print(f"cluster {args.command} failed: {exc}", file=sys.stderr)
-        detail = tail(exc.log)
-        if detail:
-            print(f"--- last lines of {exc.log} ---\n{detail}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # a file or device the step needed: one line, not a stack trace
-        print(f"cluster {args.command} failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+        return 0
+
+    return report_failures("cluster", args.command, act)

@@ -6,8 +6,9 @@ import json
 import os
 import socket
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Self
 
 REPO = Path(__file__).resolve().parents[3]
 HACK = REPO / "hack"
@@ -63,6 +64,8 @@ PAUSE_IMAGE = "localhost/triptych/pause:3.10"
 
 # KEDA's host processes (opt-in, ``hack/keda``); ``hack/cluster down`` stops them with the node's components.
 KEDA_COMPONENTS = ("keda-metrics-apiserver", "keda-operator")
+# Argo CD's host processes and their Redis (opt-in, ``hack/argocd``); stopped by ``hack/cluster down`` too.
+ARGOCD_COMPONENTS = ("argocd-application-controller", "argocd-repo-server", "argocd-redis")
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,12 @@ class Paths:
         return self.state / "keda"
 
     @property
+    def argocd(self) -> Path:
+        """What ``hack/argocd up`` writes: the controller's kubeconfig, Redis's configuration and data, the
+        processes' home and configuration folders, the ports, the bare Git repository for trying examples."""
+        return self.state / "argocd"
+
+    @property
     def kubeconfig(self) -> Path:
         return self.state / "kubeconfig"
 
@@ -143,6 +152,18 @@ class Paths:
 
     def logfile(self, component: str) -> Path:
         return self.logs / f"{component}.log"
+
+
+class PortsFile:
+    """A frozen dataclass of ports a tier chose at ``up`` (each free at that moment), kept as JSON for
+    ``status`` and ``down``."""
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))  # type: ignore[call-overload]
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        return cls(**json.loads(path.read_text()))
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,10 @@ configured has to be restarted once (``hack/cluster down && hack/cluster up``); 
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
 import ssl
-import subprocess
 import sys
 import time
 import urllib.request
@@ -41,15 +39,16 @@ from localcluster.cluster import Cluster
 from localcluster.config import (
     BRIDGE_IP,
     CLUSTER_DOMAIN,
-    HACK,
     KEDA_COMPONENTS,
     REAL_NODE,
     Paths,
+    PortsFile,
     Settings,
     cache_dir,
     free_port,
 )
-from localcluster.procs import ClusterError, read_pid, run, start_daemon, stop_component, tail, wait_until
+from localcluster.procs import ClusterError, read_pid, start_ready, stop_component, tier_main, wait_until
+from localcluster.tools import build_binaries, module_source
 
 NAMESPACE = "keda"
 SERVICE_ACCOUNT = "keda-operator"
@@ -73,7 +72,7 @@ def log(msg: str) -> None:
 
 
 @dataclass(frozen=True)
-class Ports:
+class Ports(PortsFile):
     """Chosen once per ``up`` (free at that moment) and kept in ``paths.keda/ports.json`` for ``status``."""
 
     operator_grpc: int  # loopback: the metrics server asks the operator for values here (mTLS)
@@ -96,28 +95,8 @@ class Ports:
         grpc, probe, metrics, secure, adapter_metrics = taken[1:]
         return cls(grpc, probe, metrics, adapter_secure=secure, adapter_metrics=adapter_metrics)
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, path: Path) -> Ports:
-        return cls(**json.loads(path.read_text()))
-
 
 # --- pure builders ----------------------------------------------------------------------------------------
-def json_stream(text: str) -> list[dict[str, Any]]:
-    """The objects of kubectl's ``-o json`` for several inputs: one document after another (or a List)."""
-    decoder = json.JSONDecoder()
-    objects: list[dict[str, Any]] = []
-    text, at = text.strip(), 0
-    while at < len(text):
-        obj, at = decoder.raw_decode(text, at)
-        objects += obj["items"] if obj.get("kind") == "List" else [obj]
-        while at < len(text) and text[at].isspace():
-            at += 1
-    return objects
-
-
 def installed_objects(install: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The objects of KEDA's install that are applied as they are: namespace, CRDs, ServiceAccount, RBAC."""
     return [obj for obj in install if obj.get("kind") in INSTALLED_KINDS]
@@ -213,19 +192,6 @@ def process_env(kubeconfig: Path) -> dict[str, str]:
     }
 
 
-def kubeconfig_for_token(admin: dict[str, Any], token: str) -> dict[str, Any]:
-    """The admin kubeconfig's cluster (server and CA) with a ServiceAccount's token as the user."""
-    cluster = admin["clusters"][0]
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [cluster],
-        "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": "keda", "context": {"cluster": cluster["name"], "user": SERVICE_ACCOUNT}}],
-        "current-context": "keda",
-    }
-
-
 # --- steps --------------------------------------------------------------------------------------------------
 class Keda:
     def __init__(self, cluster: Cluster) -> None:
@@ -259,29 +225,12 @@ class Keda:
                 "configured): restart the cluster once with 'hack/cluster down && hack/cluster up'"
             )
 
-    def binaries(self) -> Path:
-        proc = subprocess.run(
-            [str(HACK / "build-tools"), "keda"], stdout=subprocess.PIPE, text=True, check=False
-        )
-        if proc.returncode != 0:
-            raise ClusterError("hack/build-tools keda failed (see the lines above)")
-        sets = dict(line.partition("=")[::2] for line in proc.stdout.splitlines())
-        return Path(sets["keda"])
-
     def install_manifest(self) -> list[dict[str, Any]]:
         """KEDA's own install, ``config/default`` of the release's module source, through kubectl's kustomize
-        (it patches two CRDs) and then to JSON (``create --dry-run=client``: hack/ uses no YAML library)."""
-        version = self.cluster.versions["KEDA_VERSION"]
-        gomodcache = run(["go", "env", "GOMODCACHE"], what="go env").stdout.strip()
-        source = Path(gomodcache) / f"{MODULE}@{version}"
-        if not source.exists():
-            run(["go", "mod", "download", f"{MODULE}@{version}"], what="go mod download keda", timeout=600)
+        (it patches two CRDs)."""
+        source = module_source(MODULE, self.cluster.versions["KEDA_VERSION"])
         built = self.cluster.kubectl("kustomize", str(source / "config/default"), what="kubectl kustomize")
-        as_json = self.cluster.kubectl(
-            "create", "--dry-run=client", "-o", "json", "-f", "-", what="KEDA's manifest to JSON",
-            stdin=built.stdout,
-        )  # fmt: skip
-        return json_stream(as_json.stdout)
+        return self.cluster.objects(built.stdout, "KEDA's manifest to JSON")
 
     def issue_certificates(self) -> bytes:
         """ca.crt, tls.crt, tls.key in ``certs`` (KEDA's names); the CA's key stays outside that folder."""
@@ -301,16 +250,6 @@ class Keda:
         (self.certs / "ca.crt").write_bytes(ca_pem)
         return ca_pem
 
-    def write_kubeconfig(self) -> None:
-        token = self.cluster.kubectl(
-            "create", "token", SERVICE_ACCOUNT, "-n", NAMESPACE, "--duration", TOKEN_DURATION,
-            what="token for keda/keda-operator",
-        ).stdout.strip()  # fmt: skip
-        view = self.cluster.kubectl("config", "view", "--raw", "--minify", "-o", "json", what="kubeconfig")
-        admin = json.loads(view.stdout)
-        self.kubeconfig.write_text(json.dumps(kubeconfig_for_token(admin, token), indent=2))
-        self.kubeconfig.chmod(0o600)
-
     def up(self) -> None:
         t0 = time.monotonic()
         if not self.cluster.control_plane_up():
@@ -320,7 +259,7 @@ class Keda:
             log("already up; nothing to do")
             return
         self.stop_processes()  # what is left of an earlier `up`
-        bins = self.binaries()
+        bins = build_binaries("keda")["keda"]
         t_build = time.monotonic() - t0
         self.paths.keda.mkdir(parents=True, exist_ok=True)
         install = self.install_manifest()
@@ -331,31 +270,26 @@ class Keda:
             what="KEDA's CRDs established", timeout=70,
         )  # fmt: skip
         ca_pem = self.issue_certificates()
-        self.write_kubeconfig()
+        self.cluster.service_account_kubeconfig(
+            NAMESPACE, SERVICE_ACCOUNT, self.kubeconfig, duration=TOKEN_DURATION
+        )
         ports = Ports.pick(Settings.load(self.paths.settings).apiserver_port)
         ports.save(self.ports_file)
         env = process_env(self.kubeconfig)
 
-        pid = start_daemon(self.paths, OPERATOR, operator_command(bins / "keda", self.certs, ports), env=env)
-        wait_until(
-            OPERATOR,
-            lambda: _get_ok(f"http://127.0.0.1:{ports.operator_probe}/readyz"),
-            deadline_s=90,
-            paths=self.paths,
-            pid=pid,
-        )
+        start_ready(
+            self.paths, OPERATOR, operator_command(bins / "keda", self.certs, ports),
+            lambda: _get_ok(f"http://127.0.0.1:{ports.operator_probe}/readyz"), deadline_s=90, env=env,
+        )  # fmt: skip
         # Its own /metrics binds every interface (no flag for the address in v2.21): fenced to this machine.
         network.fence_inbound(ports.adapter_metrics)
         command = adapter_command(bins / "keda-adapter", self.certs, self.kubeconfig, ports)
-        pid = start_daemon(self.paths, ADAPTER, command, env=env)
         tls = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
-        wait_until(
-            ADAPTER,
+        pid = start_ready(
+            self.paths, ADAPTER, command,
             lambda: _get_ok(f"https://{BRIDGE_IP}:{ports.adapter_secure}/readyz", tls),
-            deadline_s=90,
-            paths=self.paths,
-            pid=pid,
-        )
+            deadline_s=90, env=env,
+        )  # fmt: skip
         self.cluster.apply(metrics_api_objects(ports.adapter_secure, ca_pem), "KEDA's metrics APIService")
         # The API server checks the APIService by calling it, as an HPA's reads will: through the front proxy.
         try:
@@ -394,7 +328,9 @@ class Keda:
                 check=False,
             )  # fmt: skip
         self.stop_processes()
-        network.unfence_inbound()
+        network.unfence_inbound(
+            Ports.load(self.ports_file).adapter_metrics if self.ports_file.exists() else None
+        )
         log(f"down in {time.monotonic() - t0:.1f} s (CRDs, RBAC and the keda namespace stay)")
 
     def status(self) -> int:
@@ -416,35 +352,14 @@ def _get_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hack/keda", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="build KEDA (once) and start it on the running cluster; a no-op when it is up")
-    sub.add_parser(
-        "down",
-        help="delete every ScaledObject/ScaledJob (while KEDA can finalize them) and the APIService, "
-        "stop its processes (CRDs and RBAC stay)",
-    )
-    sub.add_parser("status", help="its processes and APIService")
-    args = parser.parse_args(argv)
     keda = Keda(Cluster(Paths(cache_dir())))
-    try:
-        if args.command == "up":
-            keda.up()
-        elif args.command == "down":
-            keda.down()
-        else:
-            return keda.status()
-    except ClusterError as exc:
-        print(f"keda {args.command} failed: {exc}", file=sys.stderr)
-        detail = tail(exc.log)
-        if detail:
-            print(f"--- last lines of {exc.log} ---\n{detail}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"keda {args.command} failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    commands = {
+        "up": ("build KEDA (once) and start it on the running cluster; a no-op when it is up", keda.up),
+        "down": (
+            "delete every ScaledObject/ScaledJob (while KEDA can finalize them) and the APIService, "
+            "stop its processes (CRDs and RBAC stay)",
+            keda.down,
+        ),
+        "status": ("its processes and APIService", keda.status),
+    }
+    return tier_main("hack/keda", __doc__, commands, argv)

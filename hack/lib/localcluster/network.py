@@ -111,26 +111,40 @@ def setup(apiserver_port: int) -> None:
         _ipt("-t", "nat", "-I", "OUTPUT", "1", "-j", NAT_CHAIN)
 
 
+def _fence_rules(port: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """fence_inbound's two rules for ``port``: from the bridge, return; from anywhere but loopback, drop."""
+    tcp = ("-p", "tcp", "--dport", str(port))
+    return (*tcp, "-i", BRIDGE, "-j", "RETURN"), (*tcp, "!", "-i", "lo", "-j", "DROP")
+
+
 def fence_inbound(port: int) -> None:
     """Drop TCP connections to `port` arriving on any interface but loopback and the bridge, IPv4 and IPv6:
     for a host process that binds every address with no flag to narrow it (KEDA's metrics server's own
-    /metrics), so that it is reachable only from this machine and its pods. Idempotent; `unfence_inbound`
-    and the cluster's teardown remove it."""
+    /metrics, Argo CD's application controller's), so that it is reachable only from this machine and its
+    pods. Idempotent; `unfence_inbound` and the cluster's teardown remove it."""
+    allow, drop = _fence_rules(port)
     for v6 in (False, True):
         if not _ipt("-nL", INPUT_CHAIN, check=False, v6=v6):
             _ipt("-N", INPUT_CHAIN, v6=v6)
-        rule = ("-p", "tcp", "--dport", str(port), "!", "-i", "lo")
-        if not _ipt("-C", INPUT_CHAIN, *rule, "-j", "DROP", check=False, v6=v6):
-            _ipt("-A", INPUT_CHAIN, "-p", "tcp", "--dport", str(port), "-i", BRIDGE, "-j", "RETURN", v6=v6)
-            _ipt("-A", INPUT_CHAIN, *rule, "-j", "DROP", v6=v6)
+        if not _ipt("-C", INPUT_CHAIN, *drop, check=False, v6=v6):
+            _ipt("-A", INPUT_CHAIN, *allow, v6=v6)
+            _ipt("-A", INPUT_CHAIN, *drop, v6=v6)
         if not _ipt("-C", "INPUT", "-j", INPUT_CHAIN, check=False, v6=v6):
             _ipt("-I", "INPUT", "1", "-j", INPUT_CHAIN, v6=v6)
 
 
-def unfence_inbound() -> None:
+def unfence_inbound(port: int | None = None) -> None:
+    """Remove fence_inbound's rules for ``port`` (each tier its own, so one's `down` leaves another's
+    fence), or the whole chain when no port is named."""
     for v6 in (False, True):
-        if _chains("filter", INPUT_CHAIN, v6=v6):
+        if not _chains("filter", INPUT_CHAIN, v6=v6):
+            continue
+        if port is None:
             _delete_chain("filter", INPUT_CHAIN, v6=v6)
+            continue
+        for rule in _fence_rules(port):
+            while _ipt("-C", INPUT_CHAIN, *rule, check=False, v6=v6):
+                _ipt("-D", INPUT_CHAIN, *rule, v6=v6)
 
 
 def _delete_chain(table: str, chain: str, *, v6: bool = False) -> None:

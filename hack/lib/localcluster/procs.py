@@ -6,11 +6,13 @@ Python stack trace (``ClusterError`` is caught in ``main``).
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from localcluster.config import Paths
@@ -125,6 +127,21 @@ def wait_until(
         time.sleep(interval)
 
 
+def start_ready(
+    paths: Paths,
+    component: str,
+    cmd: Sequence[str | Path],
+    ready: Callable[[], bool],
+    *,
+    deadline_s: float,
+    env: dict[str, str] | None = None,
+) -> int:
+    """``start_daemon``, then ``wait_until`` it is ``ready`` (failing as soon as it exits); its PID."""
+    pid = start_daemon(paths, component, cmd, env=env)
+    wait_until(component, ready, deadline_s=deadline_s, paths=paths, pid=pid)
+    return pid
+
+
 def stop_pid(pid: int, *, grace_s: float = 15) -> None:
     """SIGTERM, wait up to ``grace_s``, then SIGKILL. Only for PIDs this tool started (from its pidfiles)."""
     if not alive(pid):
@@ -168,3 +185,39 @@ def pids_with_cmdline(marker: str) -> list[int]:
         if marker in cmdline and int(entry.name) != os.getpid():
             found.append(int(entry.name))
     return found
+
+
+def report_failures(tool: str, command: str, act: Callable[[], int]) -> int:
+    """``act()``'s exit status; a failure is one line and the tail of the log that explains it, never a stack
+    trace."""
+    try:
+        return act()
+    except ClusterError as exc:
+        print(f"{tool} {command} failed: {exc}", file=sys.stderr)
+        detail = tail(exc.log)
+        if detail:
+            print(f"--- last lines of {exc.log} ---\n{detail}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file or device the step needed: one line, not a stack trace
+        print(f"{tool} {command} failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def tier_main(
+    prog: str,
+    doc: str | None,
+    commands: Mapping[str, tuple[str, Callable[[], int | None]]],
+    argv: list[str] | None,
+) -> int:
+    """The command line of an opt-in tier (``hack/keda``, ``hack/argocd``): one subcommand each of
+    ``commands`` (name -> (help, what it runs: its exit status, or None for 0)), under ``report_failures``."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (text, _) in commands.items():
+        sub.add_parser(name, help=text)
+    command: str = parser.parse_args(argv).command
+    return report_failures(prog.rpartition("/")[2], command, lambda: commands[command][1]() or 0)

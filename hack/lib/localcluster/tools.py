@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from localcluster.config import HACK
-from localcluster.procs import ClusterError
+from localcluster.procs import ClusterError, run
 
 # Debian package -> a file it installs (present = installed).
 PACKAGES = {
@@ -30,9 +32,10 @@ PACKAGES = {
 }
 
 
-def ensure_packages() -> None:
-    """apt-get install what is missing (needs root, as the whole cluster does)."""
-    missing = [pkg for pkg, path in PACKAGES.items() if not Path(path).exists()]
+def ensure_packages(packages: Mapping[str, str] = PACKAGES) -> None:
+    """apt-get install what is missing of ``packages`` (Debian package -> a file it installs; the cluster's by
+    default, an opt-in tier's own otherwise). Needs root, as the whole cluster does."""
+    missing = [pkg for pkg, path in packages.items() if not Path(path).exists()]
     if not missing:
         return
     if shutil.which("apt-get") is None:
@@ -50,17 +53,33 @@ def ensure_packages() -> None:
             )
 
 
-def build_binaries() -> dict[str, Path]:
-    """Run hack/build-tools (a no-op when cached) and return {set name: directory}."""
+def build_binaries(*extras: str) -> dict[str, Path]:
+    """Run hack/build-tools (a no-op when cached), with the sets built only on request named in ``extras``
+    (keda, argocd), and return {set name: directory}."""
     if shutil.which("go") is None:
         raise ClusterError(
             "toolchain: Go >= 1.26 is not on PATH (needed once to build the cluster's binaries)"
         )
-    proc = subprocess.run([str(HACK / "build-tools")], stdout=subprocess.PIPE, text=True, check=False)
+    command = [str(HACK / "build-tools"), *extras]
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
-        raise ClusterError("build-tools failed (see the lines above)")
+        raise ClusterError(f"{' '.join(['hack/build-tools', *extras])} failed (see the lines above)")
     dirs = {}
     for line in proc.stdout.splitlines():
         name, _, path = line.partition("=")
         dirs[name] = Path(path)
     return dirs
+
+
+def module_source(module: str, version: str, toolchain: str | None = None) -> Path:
+    """The source of a Go module's release in the module cache, downloaded through the machine's module proxy
+    when it is not there: where a tier reads the install manifests its release ships. ``toolchain`` (a
+    GOTOOLCHAIN value) where the module's go.mod asks for a newer Go than the machine's."""
+    env = {**os.environ, "GOTOOLCHAIN": toolchain} if toolchain else None
+    got = run(
+        ["go", "mod", "download", "-json", f"{module}@{version}"],
+        what=f"go mod download {module}@{version}",
+        env=env,
+        timeout=600,
+    )
+    return Path(json.loads(got.stdout)["Dir"])

@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import subprocess
-import sys
 import threading
 import urllib.parse
 import urllib.request
@@ -26,8 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import HACK
-from tests.e2e.conftest import externally_scaled
+from tests.e2e.conftest import externally_scaled, tier_up
 from tests.kube import Kube, wait_for
 from tests.prometheus import running_prometheus
 
@@ -38,21 +35,11 @@ GAUGE = "triptych_keda_test_demand"
 POLLING_INTERVAL = 5  # the ScaledObject's: how often KEDA's operator queries Prometheus
 
 
-def _hack_keda(command: str, timeout: float) -> int:
-    return subprocess.run(
-        [str(HACK / "keda"), command], stdout=sys.stderr, stderr=sys.stderr, timeout=timeout, check=False
-    ).returncode
-
-
 @pytest.fixture(scope="module")
 def keda(operator: Kube) -> Iterator[Kube]:
     """KEDA on the cluster (``hack/keda up``, a no-op when it is up); stopped afterwards if started here."""
-    started_here = _hack_keda("status", timeout=60) != 0
-    if _hack_keda("up", timeout=1500) != 0:
-        pytest.fail("hack/keda up failed (its last lines are above)", pytrace=False)
-    yield operator
-    if started_here:
-        _hack_keda("down", timeout=180)
+    with tier_up("keda", up_timeout=1500):
+        yield operator
 
 
 class Gauge:

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from localcluster import configs, keda, pki
+from localcluster import cluster, configs, keda, pki
 from localcluster.config import BRIDGE_IP, Paths
 
 PATHS = Paths(Path("/cache"))
@@ -121,7 +121,10 @@ def test_kedas_kubeconfig_keeps_the_cluster_and_uses_the_token() -> None:
             {"name": "c", "cluster": {"server": "https://127.0.0.1:1", "certificate-authority": "/ca"}}
         ]
     }
-    out = keda.kubeconfig_for_token(admin, "tok")
+    out = cluster.kubeconfig_for_token(admin, "tok", keda.SERVICE_ACCOUNT)
     assert out["clusters"] == admin["clusters"]
     assert out["users"] == [{"name": "keda-operator", "user": {"token": "tok"}}]
     assert out["contexts"][0]["context"] == {"cluster": "c", "user": "keda-operator"}
+    # Argo CD's controller takes its namespace from the kubeconfig's context.
+    scoped = cluster.kubeconfig_for_token(admin, "tok", "argocd-application-controller", "argocd")
+    assert scoped["contexts"][0]["context"]["namespace"] == "argocd"
