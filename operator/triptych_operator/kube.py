@@ -134,6 +134,7 @@ _PATHS: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "Service"): ("/api/v1", "services"),
     ("v1", "ConfigMap"): ("/api/v1", "configmaps"),
     (f"{API_GROUP}/{API_VERSION}", ROLE_KIND): (f"/apis/{API_GROUP}/{API_VERSION}", ROLE_PLURAL),
+    ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies"),
 }
 CHILD_KINDS: tuple[tuple[str, str], ...] = tuple(_PATHS)
 _CR_PREFIX = f"/apis/{API_GROUP}/{API_VERSION}"

@@ -49,17 +49,30 @@ def owned_selector(name: str) -> dict[str, str]:
     return {LABEL_DEPLOYMENT: name}
 
 
-def labels(name: str, role: Role, backend: Backend) -> dict[str, str]:
-    """All labels of a role's objects and pods."""
+def deployment_labels(name: str, backend: Backend) -> dict[str, str]:
+    """The labels of a child that belongs to the whole deployment, not one role (its NetworkPolicy)."""
     return {
         "app.kubernetes.io/name": APP_NAME,
         "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/component": role,
         "app.kubernetes.io/part-of": APP_NAME,
         "app.kubernetes.io/managed-by": MANAGED_BY,
         LABEL_BACKEND: backend,
+        **owned_selector(name),
+    }
+
+
+def labels(name: str, role: Role, backend: Backend) -> dict[str, str]:
+    """All labels of a role's objects and pods."""
+    return {
+        **deployment_labels(name, backend),
+        "app.kubernetes.io/component": role,
         **selector_labels(name, role),
     }
+
+
+def network_policy_name(name: str) -> str:
+    """Name of the deployment's egress NetworkPolicy (no role is called `egress`)."""
+    return f"{name}-egress"
 
 
 def owner_reference(name: str, uid: str) -> dict[str, object]:

@@ -13,6 +13,7 @@ API server does (``spec.roles.encode.autoscaling.minReplicas``).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -313,6 +314,34 @@ class NetworkingSpec(ApiModel):
     )
     rdma: RdmaSpec | None = Field(
         default=None, description="RDMA settings (used by transport rdma and auto)."
+    )
+
+
+class NetworkPolicySpec(ApiModel):
+    """The egress NetworkPolicy the operator puts over every pod of the deployment (on by default). The pods
+    may reach DNS, each other (NIXL and the engines' side channels), the request plane's NATS, and public
+    addresses: what the frontend's SSRF guard lets media come from (private, loopback and link-local ranges
+    only with media.allowPrivateNetworks; cloud metadata endpoints never), plus allowedCIDRs. It takes effect
+    where the cluster's network plugin enforces NetworkPolicy."""
+
+    egress: Literal["Restricted", "Unrestricted"] = Field(
+        default="Restricted",
+        description="Restricted: the policy above. Unrestricted: no NetworkPolicy (the operator removes its "
+        "own).",
+    )
+    allowed_cidrs: list[Annotated[str, Field(max_length=43)]] = Field(
+        default_factory=list,
+        alias="allowedCIDRs",
+        description="Further destinations on any port, as canonical CIDRs (e.g. 10.20.0.0/16: a private "
+        "model store, an external NATS).",
+        max_length=32,
+        json_schema_extra=_validations(
+            cel(
+                "self.all(c, isCIDR(c) && string(cidr(c).masked()) == c)",
+                "networkPolicy.allowedCIDRs entries must be canonical CIDRs such as 10.20.0.0/16 or "
+                "fd00::/8 (no host bits, lower case)",
+            )
+        ),
     )
 
 
@@ -840,6 +869,11 @@ class MultimodalDeploymentSpec(ApiModel):
         # and the rules read .transport.
         json_schema_extra={"default": {"transport": "auto"}},
     )
+    network_policy: NetworkPolicySpec = Field(
+        default_factory=NetworkPolicySpec,
+        description=NetworkPolicySpec.__doc__ or "",
+        json_schema_extra={"default": {}},
+    )
     topology: TopologySpec | None = Field(default=None, description=TopologySpec.__doc__ or "")
     roles: RolesSpec = Field(description=RolesSpec.__doc__ or "")
 
@@ -1186,6 +1220,14 @@ def _validate_ratios(spec: MultimodalDeploymentSpec, out: list[Violation]) -> No
             out.append(Violation(f"{where}.min", "must not exceed max"))
 
 
+def _canonical_cidr(text: str) -> bool:
+    """Mirror of the CEL rule on networkPolicy.allowedCIDRs: a CIDR, written as its own masked form."""
+    try:
+        return str(ipaddress.ip_network(text, strict=True)) == text
+    except ValueError:
+        return False
+
+
 def _validate_device(spec: MultimodalDeploymentSpec, out: list[Violation]) -> None:
     """The CEL rules on spec.device, mirrored."""
     if spec.device == "cpu":
@@ -1248,6 +1290,11 @@ def validate_spec(  # noqa: PLR0912 - a flat list of independent checks
                 )
     _validate_device(spec, out)
     _validate_ratios(spec, out)
+    out.extend(
+        Violation("spec.networkPolicy.allowedCIDRs", f"{cidr!r} is not a canonical CIDR")
+        for cidr in spec.network_policy.allowed_cidrs
+        if not _canonical_cidr(cidr)
+    )
     if spec.topology is not None and spec.topology.colocate is not None:
         roles = spec.topology.colocate.roles
         if len(set(roles)) != len(roles):

@@ -1,8 +1,9 @@
 """Operator benchmark: 200 MultimodalDeployments applied at once to the operator running in the local cluster.
 
 Each object is the smallest useful one (reference backend, frontend + decode, pinned to the kwok nodes with
-tiny requests): 6 children each, 1,200 objects in all. Three `kubectl --watch` streams timestamp, on this
-machine, when each MultimodalDeployment is first seen (t0), when the last of its 6 children is first seen,
+tiny requests): 7 children each (a ConfigMap, Service and Deployment per role, and the egress NetworkPolicy),
+1,400 objects in all. `kubectl --watch` streams timestamp, on this machine, when each MultimodalDeployment
+is first seen (t0), when the last of its 7 children is first seen,
 and when its Ready condition first reads True. Printed: p50/p99 of apply -> all children created and of
 apply -> Ready, the wall time until all 200 are Ready, and the operator's CPU seconds and peak memory over
 the run (the bench runner labels the output with the machine), read from /proc/1 inside the operator pod
@@ -29,7 +30,7 @@ from tests.e2e.operator.conftest import KWOK, KWOK_TOLERATION, OPERATOR_NS, OPER
 from tests.kube import Kube, wait_for
 
 COUNT = 200
-CHILDREN_PER_OBJECT = 6
+CHILDREN_PER_OBJECT = 7
 DEADLINE_S = 600.0
 
 
@@ -144,7 +145,7 @@ def main() -> None:
     ready_path = '{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\\n"}'
     child_path = '{.metadata.labels.triptych\\.dev/deployment} {.kind}/{.metadata.name}{"\\n"}'
     watches = [_Watch(kube, ["mmdeploy", "-n", namespace, "-o", f"jsonpath={ready_path}"], on_owner)]
-    for kind in ("deployments", "services", "configmaps"):
+    for kind in ("deployments", "services", "configmaps", "networkpolicies"):
         args = [kind, "-n", namespace, "-l", "triptych.dev/deployment", "-o", f"jsonpath={child_path}"]
         watches.append(_Watch(kube, args, on_child))
     try:

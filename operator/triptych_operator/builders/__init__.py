@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from triptych_operator.builders.objects import (
     build_config_map,
     build_deployment,
+    build_network_policy,
     build_role,
     build_service,
     config_hash,
@@ -34,7 +35,8 @@ def build_children(
     replicas: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Every desired child of one MultimodalDeployment: per present role (pipeline order) its ConfigMap,
-    Service and Deployment, each with a controller owner reference to `uid`.
+    Service and Deployment, then the deployment's egress NetworkPolicy (unless spec.networkPolicy.egress is
+    Unrestricted), each with a controller owner reference to `uid`.
 
     `rdma_available` resolves `networking.transport: auto` (does any node advertise the RDMA resource?).
     `replicas` maps role -> replica count decided by the autoscaler; roles not in it use the spec's.
@@ -51,6 +53,8 @@ def build_children(
             rdma_available=rdma_available,
             replicas=None if replicas is None else replicas.get(role),
         )
+    if spec.network_policy.egress == "Restricted":
+        out.append(build_network_policy(name, namespace, uid, spec, settings))
     return out
 
 
@@ -58,6 +62,7 @@ __all__ = [
     "build_children",
     "build_config_map",
     "build_deployment",
+    "build_network_policy",
     "build_role",
     "build_service",
     "config_hash",

@@ -26,6 +26,8 @@ CHILDREN = (
     ("", "v1", "pods", "Pod"),
     # A role's /scale object (autoscaling.scaler External): a user's HPA changing spec.replicas.
     (API_GROUP, API_VERSION, ROLE_PLURAL, ROLE_KIND),
+    # The deployment's egress NetworkPolicy: an edit or a deletion is repaired like any child's.
+    ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
 )
 OUR_LABELS: dict[str, Any] = {
     LABEL_DEPLOYMENT: kopf.PRESENT,

@@ -314,7 +314,7 @@ def test_children_order_and_kinds() -> None:
         (kind, f"demo-{role}")
         for role in ("frontend", "encode", "decode")
         for kind in ("ConfigMap", "Service", "Deployment")
-    ]
+    ] + [("NetworkPolicy", "demo-egress")]
 
 
 def test_config_changes_roll_pods() -> None:
@@ -414,3 +414,89 @@ def test_local_media_pvc_is_mounted_read_only_in_the_frontend_only() -> None:
     )
     assert frontend_config["media"]["allowedLocalMediaPath"] == "/media"
     assert "localMediaPVC" not in frontend_config["media"]  # the operator's to mount, not the fetcher's
+
+
+# ------------------------------------------------------------------------------------------------ egress
+
+
+def _network_policy(spec: Any, settings: OperatorSettings = SETTINGS) -> dict[str, Any] | None:
+    children = build_children("demo", "ns", "u1", spec, settings)
+    policies = [c for c in children if c["kind"] == "NetworkPolicy"]
+    assert len(policies) <= 1
+    return policies[0] if policies else None
+
+
+def _blocks(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        peer["ipBlock"]
+        for rule in policy["spec"]["egress"]
+        for peer in rule.get("to", [])
+        if "ipBlock" in peer
+    ]
+
+
+def test_the_egress_policy_selects_every_pod_of_the_deployment_and_only_restricts_egress() -> None:
+    policy = _network_policy(_spec())
+    assert policy is not None
+    assert policy["metadata"]["name"] == "demo-egress"
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == "u1"
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"triptych.dev/deployment": "demo"}}
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    rules = policy["spec"]["egress"]
+    assert {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]} in rules
+    assert {"to": [{"podSelector": {"matchLabels": {"triptych.dev/deployment": "demo"}}}]} in rules
+
+
+def test_private_ranges_are_closed_unless_the_media_spec_opens_them() -> None:
+    closed = _blocks(_network_policy(_spec()) or {})
+    v4 = next(b for b in closed if b["cidr"] == "0.0.0.0/0")
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8"} <= set(
+        v4["except"]
+    )
+    opened = _blocks(_network_policy(_spec(media={"allowPrivateNetworks": True})) or {})
+    v4 = next(b for b in opened if b["cidr"] == "0.0.0.0/0")
+    assert "10.0.0.0/8" not in v4["except"]
+    assert "169.254.169.254/32" in v4["except"]  # metadata endpoints stay closed
+    assert {"cidr": "fc00::/7", "except": ["fd00:ec2::254/128", "fd00:ec2::23/128"]} in opened
+
+
+def test_allowed_cidrs_are_added_and_unrestricted_means_no_policy() -> None:
+    spec = _spec(networkPolicy={"allowedCIDRs": ["10.20.0.0/16", "fd00:1::/64"]})
+    assert {"cidr": "10.20.0.0/16"} in _blocks(_network_policy(spec) or {})
+    assert {"cidr": "fd00:1::/64"} in _blocks(_network_policy(spec) or {})
+    assert _network_policy(_spec(networkPolicy={"egress": "Unrestricted"})) is None
+
+
+@pytest.mark.parametrize(
+    ("nats_url", "expected"),
+    [
+        (
+            "nats://triptych-nats.triptych-system.svc:4222",
+            [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "triptych-system"}}}],
+        ),
+        (
+            "nats://nats.messaging.svc.cluster.local",
+            [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "messaging"}}}],
+        ),
+        ("nats://10.9.8.7:4333", [{"ipBlock": {"cidr": "10.9.8.7/32"}}]),
+        ("nats://[fd00::5]:4222", [{"ipBlock": {"cidr": "fd00::5/128"}}]),
+    ],
+)
+def test_the_nats_servers_are_reachable(nats_url: str, expected: list[dict[str, Any]]) -> None:
+    settings = OperatorSettings.from_env({"TRIPTYCH_OPERATOR_NATS_URL": nats_url})
+    policy = _network_policy(_spec(), settings)
+    assert policy is not None
+    port = 4333 if ":4333" in nats_url else 4222
+    assert {"to": expected, "ports": [{"protocol": "TCP", "port": port}]} in policy["spec"]["egress"]
+
+
+def test_every_server_of_a_nats_cluster_url_is_reachable_and_a_public_name_adds_no_rule() -> None:
+    url = "nats://10.0.0.1:4222,nats://10.0.0.2:4222,nats://nats.example.com:4222"
+    settings = OperatorSettings.from_env({"TRIPTYCH_OPERATOR_NATS_URL": url})
+    policy = _network_policy(_spec(), settings)
+    assert policy is not None
+    nats = [r for r in policy["spec"]["egress"] if r.get("ports") == [{"protocol": "TCP", "port": 4222}]]
+    assert [r["to"] for r in nats] == [
+        [{"ipBlock": {"cidr": "10.0.0.1/32"}}],
+        [{"ipBlock": {"cidr": "10.0.0.2/32"}}],
+    ]

@@ -59,7 +59,7 @@ def test_create_plans_every_role_and_prunes_nothing() -> None:
         (kind, f"x-{role}")
         for role in ("frontend", "encode", "decode")
         for kind in ("ConfigMap", "Service", "Deployment")
-    ]
+    ] + [("NetworkPolicy", "x-egress")]
     assert plan.prune == ()
 
 

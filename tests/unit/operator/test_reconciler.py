@@ -160,12 +160,12 @@ async def test_reconcile_applies_the_plan_and_writes_status_once() -> None:
         f"apply {kind} x-{role}"
         for role in ("frontend", "decode")
         for kind in ("ConfigMap", "Service", "Deployment")
-    ]
+    ] + ["apply NetworkPolicy x-egress"]
     assert len(kube.status_patches) == 1
     assert kube.owner["status"]["observedGeneration"] == 1
     # Again, unchanged: applied again (server-side apply is idempotent), but status is not rewritten.
     await reconciler.reconcile(NS, NAME)
-    assert len(_applies(kube)) == 12
+    assert len(_applies(kube)) == 14
     assert len(kube.status_patches) == 1
 
 
@@ -177,7 +177,7 @@ async def test_a_removed_role_is_pruned_with_an_event() -> None:
     kube.owner["spec"] = _spec(decode={})
     kube.owner["metadata"]["generation"] = 2
     await reconciler.reconcile(NS, NAME)
-    assert {k[2] for k in kube.children} == {"x-frontend", "x-decode"}
+    assert {k[2] for k in kube.children} == {"x-frontend", "x-decode", "x-egress"}
     assert sorted(c for c in kube.calls if c.startswith("delete")) == [
         "delete ConfigMap x-encode",
         "delete Deployment x-encode",
@@ -200,12 +200,15 @@ async def test_child_events_refresh_status_and_drift_takes_the_whole_path() -> N
     # Someone edited its spec (generation moved): the whole path again, which re-applies every child.
     seen["metadata"]["generation"] = applied["metadata"]["generation"] + 1
     await reconciler.child_changed(NS, NAME, "Deployment", seen, deleted=False)
-    assert len(_applies(kube)) == before + 6
-    # A deleted child is drift too; a pod event never is.
+    assert len(_applies(kube)) == before + 7
+    # A deleted child is drift too (the NetworkPolicy as much as a Service); a pod event never is.
     await reconciler.child_changed(NS, NAME, "Service", {"metadata": {"name": "x-decode"}}, deleted=True)
-    assert len(_applies(kube)) == before + 12
+    assert len(_applies(kube)) == before + 14
+    policy = {"metadata": {"name": "x-egress"}}
+    await reconciler.child_changed(NS, NAME, "NetworkPolicy", policy, deleted=True)
+    assert len(_applies(kube)) == before + 21
     await reconciler.child_changed(NS, NAME, "Pod", {"metadata": {"name": "x-decode-abc"}}, deleted=True)
-    assert len(_applies(kube)) == before + 12
+    assert len(_applies(kube)) == before + 21
 
 
 async def test_a_burst_of_pod_events_costs_one_running_and_one_queued_refresh() -> None:

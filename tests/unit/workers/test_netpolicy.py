@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from triptych_contract.networks import AddressClass, address_allowed
 from triptych_workers.media.connector_local import file_url_path, parse_data_url, read_jailed_file
 from triptych_workers.media.errors import InvalidMediaURL, MediaError, MediaFetchError, MediaURLRefused
 from triptych_workers.media.netpolicy import (
-    AddressClass,
     DestinationGuard,
-    address_allowed,
     classify_address,
     domain_allowed,
     parse_host_literal,

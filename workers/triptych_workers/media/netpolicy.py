@@ -10,8 +10,8 @@ Two halves, kept apart so that each can be tested on its own:
   hop, and ``resolve`` which the connector's transport calls at connect time, so the socket goes to exactly
   the addresses that were checked (no DNS-rebinding window between the check and the connection).
 
-Tables are written out rather than taken from ``ipaddress.is_global``: its answers changed between Python
-patch releases, and a security boundary should not move with an interpreter upgrade.
+The tables of special ranges live in ``triptych_contract.networks``, shared with the operator's egress
+NetworkPolicy, so the network refuses what this guard refuses.
 """
 
 from __future__ import annotations
@@ -22,9 +22,17 @@ import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
 import httpx
+from triptych_contract.networks import (
+    IPV4_TABLE,
+    IPV6_GLOBAL_UNICAST,
+    IPV6_SIX_TO_FOUR,
+    IPV6_TABLE,
+    METADATA_ADDRESSES,
+    AddressClass,
+    address_allowed,
+)
 
 from triptych_workers.media.errors import InvalidMediaURL, MediaFetchError, MediaURLRefused
 
@@ -34,88 +42,15 @@ Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 """``async (host, port) -> addresses``: the textual IP addresses ``host`` resolves to (IPv4 or IPv6)."""
 
 
-class AddressClass(StrEnum):
-    """What kind of destination an address is. Only ``PUBLIC`` is fetched from by default."""
-
-    PUBLIC = "public"
-    LOOPBACK = "loopback"
-    PRIVATE = "private"
-    LINK_LOCAL = "link-local"
-    CGNAT = "shared address space (CGNAT)"
-    METADATA = "cloud metadata endpoint"
-    UNSPECIFIED = "unspecified"
-    MULTICAST = "multicast"
-    DOCUMENTATION = "documentation"
-    BENCHMARKING = "benchmarking"
-    RESERVED = "reserved"
-
-
-# Classes that ``allow_private_networks`` opens (a cluster-internal media store, loopback in tests). The rest
-# are never a sensible place to fetch media from: metadata endpoints hold credentials; 0.0.0.0 and :: reach
-# the local host on Linux; multicast, documentation, benchmarking and reserved ranges are not real servers.
-PRIVATE_USE_CLASSES = frozenset(
-    {AddressClass.LOOPBACK, AddressClass.PRIVATE, AddressClass.LINK_LOCAL, AddressClass.CGNAT}
-)
-
-_V4 = ipaddress.IPv4Network
 _V6 = ipaddress.IPv6Network
-
-# Well-known cloud metadata endpoints (AWS IMDS and ECS/EKS credentials, GCP, Azure, Alibaba Cloud).
-_METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
-    ipaddress.ip_address(a)
-    for a in (
-        "169.254.169.254",
-        "169.254.170.2",
-        "169.254.170.23",
-        "100.100.100.200",
-        "fd00:ec2::254",
-        "fd00:ec2::23",
-    )
-)
+_METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(ipaddress.ip_address(a) for a in METADATA_ADDRESSES)
 _METADATA_NAMES = frozenset({"metadata.google.internal", "metadata.goog", "instance-data.ec2.internal"})
-
-# First match wins (IANA IPv4 special-purpose registry, plus multicast and class E).
-_IPV4_TABLE: tuple[tuple[ipaddress.IPv4Network, AddressClass], ...] = (
-    (_V4("0.0.0.0/8"), AddressClass.UNSPECIFIED),
-    (_V4("127.0.0.0/8"), AddressClass.LOOPBACK),
-    (_V4("10.0.0.0/8"), AddressClass.PRIVATE),
-    (_V4("172.16.0.0/12"), AddressClass.PRIVATE),
-    (_V4("192.168.0.0/16"), AddressClass.PRIVATE),
-    (_V4("100.64.0.0/10"), AddressClass.CGNAT),
-    (_V4("169.254.0.0/16"), AddressClass.LINK_LOCAL),
-    (_V4("192.0.0.0/24"), AddressClass.RESERVED),
-    (_V4("192.0.2.0/24"), AddressClass.DOCUMENTATION),
-    (_V4("198.51.100.0/24"), AddressClass.DOCUMENTATION),
-    (_V4("203.0.113.0/24"), AddressClass.DOCUMENTATION),
-    (_V4("198.18.0.0/15"), AddressClass.BENCHMARKING),
-    (_V4("192.88.99.0/24"), AddressClass.RESERVED),
-    (_V4("224.0.0.0/4"), AddressClass.MULTICAST),
-    (_V4("240.0.0.0/4"), AddressClass.RESERVED),
-)
-
-# IPv6 after the IPv4-embedding forms have been unwrapped (see ``_embedded_ipv4``).
-_IPV6_TABLE: tuple[tuple[ipaddress.IPv6Network, AddressClass], ...] = (
-    (_V6("::/128"), AddressClass.UNSPECIFIED),
-    (_V6("::1/128"), AddressClass.LOOPBACK),
-    (_V6("64:ff9b:1::/48"), AddressClass.PRIVATE),
-    (_V6("100::/64"), AddressClass.RESERVED),
-    (_V6("2001:db8::/32"), AddressClass.DOCUMENTATION),
-    (_V6("3fff::/20"), AddressClass.DOCUMENTATION),
-    (_V6("2001:2::/48"), AddressClass.BENCHMARKING),
-    (_V6("2001::/23"), AddressClass.RESERVED),  # IETF protocol assignments, Teredo included
-    (_V6("5f00::/16"), AddressClass.RESERVED),  # SRv6 SIDs
-    (_V6("fc00::/7"), AddressClass.PRIVATE),
-    (_V6("fec0::/10"), AddressClass.PRIVATE),  # deprecated site-local
-    (_V6("fe80::/10"), AddressClass.LINK_LOCAL),
-    (_V6("ff00::/8"), AddressClass.MULTICAST),
-)
-_IPV6_GLOBAL_UNICAST = _V6("2000::/3")
 
 _MAPPED = _V6("::ffff:0:0/96")
 _TRANSLATED = _V6("::ffff:0:0:0/96")
 _COMPATIBLE = _V6("::/96")
 _NAT64 = _V6("64:ff9b::/96")
-_SIX_TO_FOUR = _V6("2002::/16")
+_SIX_TO_FOUR = IPV6_SIX_TO_FOUR
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, bool] | None:
@@ -140,7 +75,7 @@ def classify_address(address: IPAddress) -> AddressClass:
         return _classify_ipv6(address)
     if address in _METADATA_ADDRESSES:
         return AddressClass.METADATA
-    return next((cls for net, cls in _IPV4_TABLE if address in net), AddressClass.PUBLIC)
+    return next((cls for net, cls in IPV4_TABLE if address in net), AddressClass.PUBLIC)
 
 
 def _classify_ipv6(address: ipaddress.IPv6Address) -> AddressClass:
@@ -153,13 +88,8 @@ def _classify_ipv6(address: ipaddress.IPv6Address) -> AddressClass:
         inner, routable = embedded
         inner_class = classify_address(inner)
         return AddressClass.RESERVED if inner_class is AddressClass.PUBLIC and not routable else inner_class
-    fallback = AddressClass.PUBLIC if address in _IPV6_GLOBAL_UNICAST else AddressClass.RESERVED
-    return next((cls for net, cls in _IPV6_TABLE if address in net), fallback)
-
-
-def address_allowed(cls: AddressClass, *, allow_private_networks: bool) -> bool:
-    """Whether a policy lets a fetch connect to an address of this class."""
-    return cls is AddressClass.PUBLIC or (allow_private_networks and cls in PRIVATE_USE_CLASSES)
+    fallback = AddressClass.PUBLIC if address in IPV6_GLOBAL_UNICAST else AddressClass.RESERVED
+    return next((cls for net, cls in IPV6_TABLE if address in net), fallback)
 
 
 # --- host spellings -------------------------------------------------------------------------------------
