@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from triptych_workers import nixl_progress
 
 from tests.kube import stop_process
 from tests.worker_processes import free_port
@@ -75,6 +76,17 @@ class VllmServer:
         stop_process(self.process, grace_s=30)
 
 
+def _progress_hook(tmp: Path) -> Path:
+    """A directory whose ``sitecustomize`` installs the NIXL progress-thread delay at interpreter start in
+    every vLLM process (the venv has no triptych_workers of its own: the repo's is put on its path)."""
+    hook = tmp / "nixl-progress-hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(
+        "import triptych_workers.nixl_progress\ntriptych_workers.nixl_progress.install_from_environment()\n"
+    )
+    return hook
+
+
 def start_vllm(python: Path, tmp: Path, role: str, model_dir: Path, *, served: str) -> VllmServer:
     """One server for ``role`` (encode, prefill, decode, or plain), its log ``tmp/<role>.log``."""
     name = role
@@ -95,6 +107,11 @@ def start_vllm(python: Path, tmp: Path, role: str, model_dir: Path, *, served: s
         "UCX_NET_DEVICES": "lo",
         "HF_HUB_OFFLINE": "1",
     }
+    if role in ("prefill", "decode"):
+        # As in the vLLM image (images/worker-vllm's .pth line) and the operator's CPU kv roles: NIXL's
+        # progress thread waits between polls instead of spinning a core per engine.
+        env[nixl_progress.ENV_DELAY] = str(nixl_progress.PROGRESS_THREAD_DELAY_US)
+        env["PYTHONPATH"] = os.pathsep.join([str(_progress_hook(tmp)), str(REPO / "workers")])
     log = tmp / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
