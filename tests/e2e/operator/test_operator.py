@@ -44,7 +44,7 @@ EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 # vLLM ones run for real in tests/e2e/vllm, here all their roles are pinned to kwok (on_kwok).
 GPU_EXAMPLES = [p for p in EXAMPLES if yaml.safe_load(p.read_text())["spec"]["backend"] != "reference"]
 CASES: list[dict[str, Any]] = yaml.safe_load((REPO / "tests" / "data" / "invalid" / "cases.yaml").read_text())
-CHILD_KINDS = "deployments,services,configmaps"
+CHILD_KINDS = "deployments,services,configmaps,networkpolicies"
 
 
 def small(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
@@ -108,6 +108,57 @@ def test_invalid_corpus_is_refused_by_the_api_server(operator: Kube, namespace: 
     assert len(CASES) >= 40
 
 
+# The identity the in-cluster operator runs as: the chart's ServiceAccount.
+OPERATOR_IDENTITY = f"system:serviceaccount:{OPERATOR_NS}:triptych-operator"
+
+
+def _as_operator(kube: Kube, *args: str) -> subprocess.CompletedProcess[str]:
+    return kube.run(*args, f"--as={OPERATOR_IDENTITY}", check=False)
+
+
+def test_the_operators_service_account_may_do_only_what_the_operator_does(
+    operator: Kube, namespace: str
+) -> None:
+    """Real requests made as the chart's ServiceAccount (impersonated), judged by the API server's RBAC
+    against the generated ClusterRole: what the operator does is allowed; what it never does (delete
+    Nodes, read Secrets here or in another namespace, grant itself roles, exec into pods) is refused.
+    Writes are server-side dry runs, so a wrongly allowed one changes nothing."""
+    node = operator.json("get", "nodes", "-l", "nvidia.com/gpu.product")["items"][0]["metadata"]["name"]
+    configmap = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe"}})
+    allowed = {
+        "list MultimodalDeployments": ("get", "multimodaldeployments", "-n", namespace),
+        "list Deployments": ("get", "deployments", "-n", namespace),
+        "list nodes": ("get", "nodes"),
+        "create a ConfigMap": ("create", "-n", namespace, "--dry-run=server", "-f", "-"),
+    }
+    refused = {
+        "delete a node": ("delete", "node", node, "--dry-run=server"),
+        "read Secrets in another namespace": ("get", "secrets", "-n", "kube-system"),
+        "read Secrets in its users' namespace": ("get", "secrets", "-n", namespace),
+        "delete a namespace": ("delete", "namespace", namespace, "--dry-run=server"),
+        "bind itself a role": (
+            "create", "clusterrolebinding", "escalate", "--clusterrole=cluster-admin",
+            f"--serviceaccount={OPERATOR_NS}:triptych-operator", "--dry-run=server",
+        ),
+        "edit its own ClusterRole": ("label", "clusterrole", "triptych-operator", "x=y", "--dry-run=server"),
+    }  # fmt: skip
+    problems = []
+    for what, args in allowed.items():
+        result = operator.run(*args, f"--as={OPERATOR_IDENTITY}", stdin=configmap, check=False)
+        if result.returncode != 0:
+            problems.append(f"refused to {what}: {result.stderr.strip()}")
+    for what, args in refused.items():
+        result = _as_operator(operator, *args)
+        if result.returncode == 0 or "forbidden" not in result.stderr.lower():
+            problems.append(f"allowed to {what}: rc {result.returncode}, {result.stderr.strip()}")
+    exec_allowed = _as_operator(
+        operator, "auth", "can-i", "create", "pods", "--subresource=exec", "-n", namespace
+    )
+    if exec_allowed.stdout.strip() != "no":
+        problems.append(f"may exec into pods: {exec_allowed.stdout.strip()}")
+    assert not problems, "\n".join(problems)
+
+
 # ------------------------------------------------------------------------------------------------ (b)
 
 
@@ -159,6 +210,11 @@ def test_kwok_plumbing_drift_is_repaired(operator: Kube, namespace: str) -> None
     operator.run("scale", "deployment/drift-decode", "--replicas=4", "-n", namespace)
     operator.run("delete", "service/drift-frontend", "-n", namespace)
     operator.run("delete", "configmap/drift-decode", "-n", namespace)
+    # The egress NetworkPolicy loosened by hand (its private-range exceptions dropped) is put back.
+    operator.run(
+        "patch", "networkpolicy/drift-egress", "-n", namespace, "--type=json",
+        "-p", '[{"op": "replace", "path": "/spec/egress", "value": [{}]}]',
+    )  # fmt: skip
     wait_for(
         "decode replicas back to 1",
         lambda: (
@@ -172,6 +228,14 @@ def test_kwok_plumbing_drift_is_repaired(operator: Kube, namespace: str) -> None
     assert svc["metadata"]["uid"] != before["Service/drift-frontend"]["metadata"]["uid"]
     wait_for(
         "decode ConfigMap recreated", lambda: operator.get("configmap", "drift-decode", namespace), timeout=30
+    )
+    wait_for(
+        "the NetworkPolicy's egress rules restored",
+        lambda: (
+            (operator.get("networkpolicy", "drift-egress", namespace) or {}).get("spec", {}).get("egress")
+            == before["NetworkPolicy/drift-egress"]["spec"]["egress"]
+        ),
+        timeout=30,
     )
     wait_ready(operator, namespace, "drift")
     assert set(children(operator, namespace, "drift")) == set(before)
@@ -347,6 +411,7 @@ def _assert_children_unduplicated(
     owners = {o["metadata"]["uid"]: o["metadata"]["name"] for o in kube.items("mmdeploy", namespace)}
     items = kube.items(CHILD_KINDS, namespace, "triptych.dev/deployment")
     expected = {f"{k}/{n}-{r}" for n in names for k in ("Deployment", "Service", "ConfigMap") for r in roles}
+    expected |= {f"NetworkPolicy/{n}-egress" for n in names}
     got = [f"{i['kind']}/{i['metadata']['name']}" for i in items]
     assert sorted(got) == sorted(expected)  # nothing duplicated, nothing missing
     for item in items:
