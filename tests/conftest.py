@@ -42,6 +42,7 @@ def _tool_dirs() -> dict[str, Path]:
 # (marker, the variable that turns the tier on, the make target that runs it)
 OPT_IN_TIERS = (
     ("keda", "TRIPTYCH_KEDA", "test-keda"),
+    ("argocd", "TRIPTYCH_ARGOCD", "test-argocd"),
     ("backends", "TRIPTYCH_BACKENDS", "test-backends"),
     ("vllm", "TRIPTYCH_VLLM", "test-vllm"),
 )
@@ -54,7 +55,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     test-keda``). So is the backends tier (marker ``backends``: SGLang's own parser in a separate venv of
     about 6 GB, torch and its CUDA libraries included): ``TRIPTYCH_BACKENDS=1`` (``make test-backends``). So
     is the vLLM tier (marker ``vllm``: the vLLM image, a ~2 GB layer over the reference one, and three vLLM
-    pods of ~4 GB each on the real node): ``TRIPTYCH_VLLM=1`` (``make test-vllm``)."""
+    pods of ~4 GB each on the real node): ``TRIPTYCH_VLLM=1`` (``make test-vllm``). So is the Argo CD tier
+    (marker ``argocd``: Argo CD built from Go modules, 790 s cold here): ``TRIPTYCH_ARGOCD=1`` (``make
+    test-argocd``)."""
     items.sort(key=lambda item: item.get_closest_marker("cluster_lifecycle") is not None)
     for marker, variable, target in OPT_IN_TIERS:
         if os.environ.get(variable) != "1":

@@ -124,6 +124,21 @@ class Cluster:
         )
         return json_stream(as_json.stdout)
 
+    def wait_established(self, crds: list[str], what: str, deadline_s: float = 60) -> None:
+        """Until every CRD named is Established. (Not `kubectl wait`: on a CRD created a moment before, whose
+        status has no conditions yet, kubectl 1.35 fails at once with ".status.conditions accessor error"
+        instead of waiting; seen with Argo CD's.)"""
+
+        def established() -> bool:
+            got = self.kubectl("get", "crd", *crds, "-o", "json", check=False, timeout=15)
+            items = json_stream(got.stdout) if got.returncode == 0 else []
+            return len(items) == len(crds) and all(
+                any(c["type"] == "Established" and c["status"] == "True" for c in conditions(i))
+                for i in items
+            )
+
+        wait_until(what, established, deadline_s=deadline_s, paths=self.paths, interval=0.5)
+
     def service_account_kubeconfig(
         self, namespace: str, account: str, path: Path, *, duration: str, context_namespace: str | None = None
     ) -> None:
@@ -531,6 +546,12 @@ def json_stream(text: str) -> list[dict[str, Any]]:
         while at < len(text) and text[at].isspace():
             at += 1
     return objects
+
+
+def conditions(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """An object's status conditions (none while its status is empty)."""
+    found: list[dict[str, Any]] = (obj.get("status") or {}).get("conditions") or []
+    return found
 
 
 def kubeconfig_for_token(

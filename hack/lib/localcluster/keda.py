@@ -265,10 +265,7 @@ class Keda:
         install = self.install_manifest()
         self.cluster.apply(installed_objects(install), "KEDA's namespace, CRDs and RBAC")
         crds = [o["metadata"]["name"] for o in install if o["kind"] == "CustomResourceDefinition"]
-        self.cluster.kubectl(
-            "wait", "--for=condition=Established", *[f"crd/{c}" for c in crds], "--timeout=60s",
-            what="KEDA's CRDs established", timeout=70,
-        )  # fmt: skip
+        self.cluster.wait_established(crds, "KEDA's CRDs established")
         ca_pem = self.issue_certificates()
         self.cluster.service_account_kubeconfig(
             NAMESPACE, SERVICE_ACCOUNT, self.kubeconfig, duration=TOKEN_DURATION
