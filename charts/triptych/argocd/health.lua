@@ -6,6 +6,13 @@ local hs = {}
 if obj.metadata ~= nil and obj.metadata.deletionTimestamp ~= nil then
   hs.status = "Progressing"
   hs.message = "Terminating"
+  local finalizers = obj.metadata.finalizers
+  if finalizers ~= nil and #finalizers > 0 then
+    -- e.g. foregroundDeletion while the children go, when Argo CD prunes it
+    hs.message = "Terminating; waiting for finalizers: " .. table.concat(finalizers, ", ")
+  end
+  -- Argo CD (v3.6) shows a terminating object's deletionMessage, and its own text where there is none.
+  hs.deletionMessage = hs.message
   return hs
 end
 if obj.status == nil or obj.status.conditions == nil then
