@@ -145,6 +145,11 @@ def unfence_inbound(port: int | None = None) -> None:
         for rule in _fence_rules(port):
             while _ipt("-C", INPUT_CHAIN, *rule, check=False, v6=v6):
                 _ipt("-D", INPUT_CHAIN, *rule, v6=v6)
+        listing = run(
+            ["ip6tables" if v6 else "iptables", "-w", "5", "-S", INPUT_CHAIN], what="iptables", check=False
+        ).stdout
+        if not any(line.startswith("-A ") for line in listing.splitlines()):
+            _delete_chain("filter", INPUT_CHAIN, v6=v6)  # the last fence: nothing of it is left
 
 
 def _delete_chain(table: str, chain: str, *, v6: bool = False) -> None:
