@@ -9,6 +9,7 @@ patch releases, and a security boundary should not move with an interpreter upgr
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from enum import StrEnum
 from typing import Final
@@ -100,7 +101,8 @@ IpBlock = tuple[str, tuple[str, ...]]
 """A NetworkPolicy ``ipBlock``: (cidr, except)."""
 
 
-def allowed_ip_blocks(*, allow_private_networks: bool) -> list[IpBlock]:
+@functools.cache  # two possible answers, asked on every reconcile of every MultimodalDeployment
+def allowed_ip_blocks(*, allow_private_networks: bool) -> tuple[IpBlock, ...]:
     """The destinations ``address_allowed`` permits, as NetworkPolicy ipBlocks.
 
     A NetworkPolicy cannot look inside an address, so IPv6 forms that carry an IPv4 address (6to4,
@@ -120,7 +122,7 @@ def allowed_ip_blocks(*, allow_private_networks: bool) -> list[IpBlock]:
     for net, cls in IPV6_TABLE:
         if not net.subnet_of(IPV6_GLOBAL_UNICAST) and not refused(cls):
             blocks.append((str(net), tuple(str(m) for m in meta_v6 if m.subnet_of(net))))
-    return blocks
+    return tuple(blocks)
 
 
 __all__ = [

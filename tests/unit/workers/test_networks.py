@@ -6,6 +6,7 @@ looser)."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -20,7 +21,7 @@ EMBEDDING_V4 = [
 ]
 
 
-def permitted(blocks: list[IpBlock], address: IPAddress) -> bool:
+def permitted(blocks: Sequence[IpBlock], address: IPAddress) -> bool:
     return any(
         address.version == (net := ipaddress.ip_network(cidr)).version
         and address in net

@@ -5,9 +5,8 @@ them: requests waiting (every queue a request sits in before it runs: for a disa
 its bootstrap, pre-allocation and transfer queues), requests running, and KV-cache usage (0..1). A
 ``LoadGauges`` says which gauges they are; ``parse_load`` reads them, summing over the engines of a
 data-parallel pod (each exports its own series, by an ``engine`` or ``dp_rank`` label) and averaging the
-usage. The names are checked against each
-backend's own code: vLLM's in a real vLLM (``tests/e2e/vllm``), SGLang's against its own metrics collector
-(``tests/integration/backends``).
+usage. The names are checked against each backend's own code: vLLM's in a real vLLM (``tests/e2e/vllm``),
+SGLang's against its own metrics collector (``tests/integration/backends``).
 """
 
 from __future__ import annotations
