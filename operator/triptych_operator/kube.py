@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -217,8 +217,37 @@ def _collection(api_version: str, kind: str, namespace: str) -> str:
     return f"{prefix}/namespaces/{namespace}/{plural}"
 
 
+def resource_of(path: str) -> str:
+    """The resource an API path addresses, as RBAC names it: `deployments`, `multimodaldeployments/status`,
+    `nodes` (the label of the request metrics)."""
+    parts = path.strip("/").split("/")
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]
+    if rest[:1] == ["namespaces"] and len(rest) > 2:
+        rest = rest[2:]
+    if not rest:
+        return ""
+    return f"{rest[0]}/status" if len(rest) > 2 and rest[-1] == "status" else rest[0]
+
+
+def _operation(method: str, content_type: str) -> str:
+    if method == "PATCH":
+        return "apply" if content_type == "application/apply-patch+yaml" else "patch"
+    return {"GET": "get", "POST": "create", "DELETE": "delete"}.get(method, method.lower())
+
+
+# Told of every request: (operation, resource, seconds). main hands the operator's metrics in.
+RequestObserver = Callable[[str, str, float], None]
+
+
 def _selector(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+class Listing(list[dict[str, Any]]):
+    """The items of a list request, with the snapshot's resourceVersion (what a cache fed by watches needs
+    to tell an object created after the listing from one deleted before it)."""
+
+    resource_version: str = ""
 
 
 @dataclass
@@ -234,21 +263,22 @@ class _Cached:
 class Kube:
     """Synchronous access to the API for one operator process. Thread-safe (urllib3's pool is)."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(self, api_client: client.ApiClient, *, observe: RequestObserver | None = None) -> None:
         self._api = api_client
         self._nodes = _Cached()
+        self._observe = observe
 
     @classmethod
-    def from_environment(cls) -> Kube:
-        """In a pod: the ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config (`make run`)."""
+    def from_environment(cls, *, connections: int = 16, observe: RequestObserver | None = None) -> Kube:
+        """In a pod: the ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config (`make run`).
+        `connections`: the pool's size, at least the reconciler's worker threads so none waits on it."""
         configuration = client.Configuration()
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         else:
             config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        # Enough connections for the reconciler's worker threads, so none waits on the pool.
-        configuration.connection_pool_maxsize = 16
-        return cls(client.ApiClient(configuration))
+        configuration.connection_pool_maxsize = connections
+        return cls(client.ApiClient(configuration), observe=observe)
 
     def close(self) -> None:
         self._api.close()  # type: ignore[no-untyped-call]
@@ -263,6 +293,28 @@ class Kube:
         query: Sequence[tuple[str, str]] = (),
         body: Any = None,
         content_type: str = "application/json",
+        what: str,
+        operation: str = "",
+    ) -> Any:
+        started = time.perf_counter()
+        try:
+            return self._send(method, path, query=query, body=body, content_type=content_type, what=what)
+        finally:
+            if self._observe is not None:
+                self._observe(
+                    operation or _operation(method, content_type),
+                    resource_of(path),
+                    time.perf_counter() - started,
+                )
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]],
+        body: Any,
+        content_type: str,
         what: str,
     ) -> Any:
         headers = {"Accept": "application/json", "Content-Type": content_type}
@@ -294,16 +346,19 @@ class Kube:
             raise _status_error(response.status, str(response.reason), text, what, dict(response.headers))
         return json.loads(text) if text else None
 
-    def _list(self, path: str, selector: str, what: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
+    def _list(self, path: str, selector: str, what: str) -> Listing:
+        items = Listing()
         token = ""
         while True:  # paginated so a large namespace does not make one huge response
             query = [("labelSelector", selector), ("limit", "500")]
             if token:
                 query.append(("continue", token))
-            page = self._request("GET", path, query=query, what=what)
+            page = self._request("GET", path, query=query, what=what, operation="list")
             items.extend(page.get("items") or [])
-            token = (page.get("metadata") or {}).get("continue") or ""
+            meta = page.get("metadata") or {}
+            if not token:  # the first page's: later pages continue the same snapshot
+                items.resource_version = str(meta.get("resourceVersion") or "")
+            token = meta.get("continue") or ""
             if not token:
                 return items
 
@@ -321,15 +376,17 @@ class Kube:
             return None
         return obj
 
-    def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        """Merge-patch `/status` (the planner's `StatusUpdate.patch`: removed keys are sent as null)."""
-        self._request(
+    def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge-patch `/status` (the planner's `StatusUpdate.patch`: removed keys are sent as null); the
+        object as written."""
+        result: dict[str, Any] = self._request(
             "PATCH",
             f"{_CR_PREFIX}/namespaces/{namespace}/{PLURAL}/{name}/status",
             body={"status": dict(patch)},
             content_type="application/merge-patch+json",
             what=f"patch {KIND} {namespace}/{name} status",
         )
+        return result
 
     # ------------------------------------------------------------------------------------------ children
 
@@ -395,17 +452,19 @@ class Kube:
         )
         return result
 
-    def patch_child_status(self, obj: Mapping[str, Any], status: Mapping[str, Any]) -> None:
-        """Merge-patch a child's /status (a MultimodalRole's replicas and selector for /scale)."""
+    def patch_child_status(self, obj: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge-patch a child's /status (a MultimodalRole's replicas and selector for /scale); the object
+        as written."""
         meta = obj["metadata"]
         path = f"{_collection(obj['apiVersion'], obj['kind'], meta['namespace'])}/{meta['name']}/status"
-        self._request(
+        result: dict[str, Any] = self._request(
             "PATCH",
             path,
             body={"status": dict(status)},
             content_type="application/merge-patch+json",
             what=f"patch {obj['kind']} {meta['namespace']}/{meta['name']} status",
         )
+        return result
 
     # ------------------------------------------------------------------------------------------ observing
 
@@ -501,9 +560,12 @@ __all__ = [
     "Invalid",
     "Kube",
     "KubeError",
+    "Listing",
     "NotFound",
     "Permission",
+    "RequestObserver",
     "ServerError",
     "TooManyRequests",
     "Unavailable",
+    "resource_of",
 ]

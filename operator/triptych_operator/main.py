@@ -25,6 +25,8 @@ from triptych_operator.autoscaler.evaluate import Autoscaler
 from triptych_operator.autoscaler.metrics import AutoscalerMetrics
 from triptych_operator.autoscaler.sources import MetricsSource, PrometheusSource, ScrapeSource
 from triptych_operator.handlers import build_registry, kopf_settings
+from triptych_operator.handlers.cache import ObjectCache
+from triptych_operator.handlers.metrics import ReconcileMetrics
 from triptych_operator.handlers.reconcile import Reconciler
 from triptych_operator.kube import Kube
 from triptych_operator.settings import OperatorSettings
@@ -66,10 +68,16 @@ def main(argv: list[str] | None = None) -> None:
         # kopf logs every successful event handler at INFO: with hundreds of pods that is most of the CPU.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings = OperatorSettings.from_env()
-    kube = Kube.from_environment()
-    logging.getLogger(__name__).info("worker images: %s", settings.images)
-    priority = peering_priority(args.priority, random.randrange(PRIORITY_SPREAD))  # noqa: S311
     metrics = AutoscalerMetrics()
+    reconcile_metrics = ReconcileMetrics(metrics.registry)
+    cache = ObjectCache()
+    reconcile_metrics.watch_cache(cache.sizes)
+    kube = Kube.from_environment(connections=settings.concurrency, observe=reconcile_metrics.observe_request)
+    logging.getLogger(__name__).info(
+        "worker images: %s; concurrency %d, resync every %d s",
+        settings.images, settings.concurrency, settings.resync_seconds,
+    )  # fmt: skip
+    priority = peering_priority(args.priority, random.randrange(PRIORITY_SPREAD))  # noqa: S311
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, registry=metrics.registry)
     source: MetricsSource = (
@@ -82,7 +90,9 @@ def main(argv: list[str] | None = None) -> None:
         settings,
         autoscaler=Autoscaler(source),
         metrics=metrics,
+        reconcile_metrics=reconcile_metrics,
         peering=None if args.standalone else (args.peering, priority),
+        cache=cache,
     )
     try:
         kopf.run(

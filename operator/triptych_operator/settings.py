@@ -35,7 +35,8 @@ class OperatorSettings(BaseModel):
     Environment (all optional): TRIPTYCH_OPERATOR_IMAGE_<BACKEND> (VLLM, SGLANG, TRTLLM, REFERENCE),
     TRIPTYCH_OPERATOR_FRONTEND_IMAGE, TRIPTYCH_OPERATOR_IMAGE_PULL_POLICY, TRIPTYCH_OPERATOR_NATS_URL,
     TRIPTYCH_OPERATOR_SHM_<BACKEND> (a quantity), TRIPTYCH_OPERATOR_PROGRESS_DEADLINE_SECONDS,
-    TRIPTYCH_OPERATOR_METRICS_SOURCE (scrape | prometheus), TRIPTYCH_OPERATOR_PROMETHEUS_URL.
+    TRIPTYCH_OPERATOR_METRICS_SOURCE (scrape | prometheus), TRIPTYCH_OPERATOR_PROMETHEUS_URL,
+    TRIPTYCH_OPERATOR_CONCURRENCY, TRIPTYCH_OPERATOR_RESYNC_SECONDS.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -61,6 +62,13 @@ class OperatorSettings(BaseModel):
     prometheus_url: str | None = Field(
         default=None, description="Base URL of the Prometheus HTTP API (metrics_source prometheus)."
     )
+
+    # Reconciles (and so API requests) at once over all MultimodalDeployments: the worker threads and the
+    # API client's connection pool. More waits less in a burst, at the API server's expense.
+    concurrency: int = Field(default=16, ge=1, le=256)
+    # Every MultimodalDeployment is reconciled afresh from the API (not the cache) once per this period,
+    # spread over it, catching anything a watch missed; 0: never.
+    resync_seconds: int = Field(default=3600, ge=0)
 
     @model_validator(mode="after")
     def _prometheus_needs_url(self) -> OperatorSettings:
@@ -93,6 +101,8 @@ class OperatorSettings(BaseModel):
             ("PROGRESS_DEADLINE_SECONDS", "progress_deadline_seconds"),
             ("METRICS_SOURCE", "metrics_source"),
             ("PROMETHEUS_URL", "prometheus_url"),
+            ("CONCURRENCY", "concurrency"),
+            ("RESYNC_SECONDS", "resync_seconds"),
         ):
             value = get(key)
             if value is not None:

@@ -113,8 +113,9 @@ def build_registry() -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def startup(memo: kopf.Memo, **_: Any) -> None:
-        """Start the autoscaler's evaluation loop (it works only while this process is the active peer)."""
-        _reconciler(memo).start_autoscaler()
+        """Start the autoscaler's evaluation loop and the resync (they work only while this process is the
+        active peer)."""
+        _reconciler(memo).start()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
@@ -122,25 +123,30 @@ def build_registry() -> kopf.OperatorRegistry:
         await _reconciler(memo).close()
 
     @kopf.on.resume(API_GROUP, API_VERSION, PLURAL, id="kopf-resume", registry=registry)
-    async def resume(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    async def resume(namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         """Operator (re)started: re-apply the desired state (server-side apply makes this idempotent)."""
-        await _reconciler(memo).reconcile(namespace or "", name)
+        await _reconciler(memo).reconcile(namespace or "", name, body)
 
     @kopf.on.create(API_GROUP, API_VERSION, PLURAL, id="kopf-create", registry=registry)
-    async def create(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    async def create(namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         """A new MultimodalDeployment: create its children and first status."""
-        await _reconciler(memo).reconcile(namespace or "", name)
+        await _reconciler(memo).reconcile(namespace or "", name, body)
 
     @kopf.on.update(API_GROUP, API_VERSION, PLURAL, id="kopf-update", registry=registry)
-    async def update(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    async def update(namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         """The spec (or labels/annotations) changed: apply the new desired state; the Deployments roll."""
-        await _reconciler(memo).reconcile(namespace or "", name)
+        await _reconciler(memo).reconcile(namespace or "", name, body)
 
-    @kopf.on.event(API_GROUP, API_VERSION, PLURAL, id="forget-deleted", registry=registry)
-    async def gone(type: str, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-        """Forget a deleted MultimodalDeployment (its children go through owner references)."""
+    @kopf.on.event(API_GROUP, API_VERSION, PLURAL, id="observe", registry=registry)
+    async def gone(
+        type: str, namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+    ) -> None:
+        """Keep the cache's copy current; forget a deleted MultimodalDeployment (its children go through
+        owner references)."""
         if type == "DELETED":
             _reconciler(memo).forget(namespace or "", name)
+        else:
+            _reconciler(memo).observe_owner(body)
 
     def child(kind: str) -> Any:
         async def handler(

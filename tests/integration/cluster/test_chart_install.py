@@ -47,8 +47,9 @@ def test_helm_lint_strict_passes(cluster: Kube) -> None:
         (("--set", "podMonitor.interval=soon"), "/podMonitor/interval", "does not match pattern"),
         (("--set", "nats.enabled=maybe"), "/nats/enabled", "got string, want boolean"),
         (("--set", "replcas=2"), "", "additional properties 'replcas' not allowed"),
+        (("--set", "reconcile.concurrency=0"), "/reconcile/concurrency", "minimum: got 0, want 1"),
     ],
-    ids=["wrong-type", "not-an-option", "bad-duration", "not-a-boolean", "misspelt-key"],
+    ids=["wrong-type", "not-an-option", "bad-duration", "not-a-boolean", "misspelt-key", "no-concurrency"],
 )
 def test_helm_install_refuses_a_wrong_value_naming_it(
     cluster: Kube, namespace: str, setting: tuple[str, str], path: str, reason: str

@@ -28,3 +28,25 @@ def test_status_codes_map_to_types(status: int, kind: type[kube.KubeError], tran
     assert len(str(err)) < kube.BODY_LIMIT + 100
     if isinstance(err, kube.TooManyRequests):
         assert err.retry_after == 7
+
+
+@pytest.mark.parametrize(
+    ("path", "resource"),
+    [
+        ("/api/v1/nodes", "nodes"),
+        ("/api/v1/namespaces/ns/pods", "pods"),
+        ("/api/v1/namespaces/ns/events", "events"),
+        ("/apis/apps/v1/namespaces/ns/deployments/x-decode", "deployments"),
+        (
+            "/apis/triptych.dev/v1alpha1/namespaces/ns/multimodaldeployments/x/status",
+            "multimodaldeployments/status",
+        ),
+        (
+            "/apis/triptych.dev/v1alpha1/namespaces/ns/multimodalroles/x-decode/status",
+            "multimodalroles/status",
+        ),
+        ("/apis/kopf.dev/v1/clusterkopfpeerings/triptych", "clusterkopfpeerings"),
+    ],
+)
+def test_request_metrics_name_the_resource_as_rbac_does(path: str, resource: str) -> None:
+    assert kube.resource_of(path) == resource

@@ -20,6 +20,7 @@ from triptych_contract import METRIC_QUEUE_DEPTH
 from triptych_operator.autoscaler.evaluate import Autoscaler
 from triptych_operator.autoscaler.sources import PodMetrics
 from triptych_operator.handlers import reconcile as reconcile_module
+from triptych_operator.handlers.cache import ObjectCache
 from triptych_operator.handlers.reconcile import Reconciler
 from triptych_operator.kube import CHILD_KINDS, ServerError
 from triptych_operator.plan import ChildRef, NodeFacts
@@ -85,10 +86,12 @@ class MemoryKube:
         self.children[key]["metadata"]["generation"] += 1
         return copy.deepcopy(self.children[key])
 
-    def patch_child_status(self, obj: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+    def patch_child_status(self, obj: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
         key = (obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
         self.calls.append(f"status {obj['metadata']['name']}")
         self.children[key]["status"] = dict(status)
+        self.children[key]["metadata"]["resourceVersion"] = self._rv()
+        return copy.deepcopy(self.children[key])
 
     def replica_sets(self, namespace: str, owner: str) -> list[dict[str, Any]]:
         return [
@@ -113,6 +116,10 @@ class MemoryKube:
         self.calls.append(f"delete {ref.kind} {ref.name}")
         return self.children.pop((ref.api_version, ref.kind, ref.name), None) is not None
 
+    def replace_pods(self, pods: list[dict[str, Any]]) -> None:
+        """New pods, each with the next resourceVersion (as the API server would have them)."""
+        self.pod_list = [{**p, "metadata": {**p["metadata"], "resourceVersion": self._rv()}} for p in pods]
+
     def pods(self, namespace: str, owner: str) -> list[dict[str, Any]]:
         self.calls.append("pods")
         self.in_pods.set()
@@ -120,10 +127,13 @@ class MemoryKube:
             assert self.pods_gate.wait(10), "the test never released pods()"
         return copy.deepcopy(self.pod_list)
 
-    def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+    def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        self.calls.append("patch_status")
         self.status_patches.append(dict(patch))
         status = self.owner.setdefault("status", {})
         _merge(status, patch)
+        self.owner["metadata"]["resourceVersion"] = self._rv()
+        return copy.deepcopy(self.owner)
 
     def emit_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason))
@@ -346,3 +356,130 @@ async def test_an_external_role_follows_its_multimodalrole() -> None:
     await reconciler.child_changed(NS, NAME, "MultimodalRole", role, deleted=False)
     assert _deployment(kube, "decode")["spec"]["replicas"] == 5
     assert kube.calls.count(f"seed {NAME}-decode 2") == 1  # never seeded again
+
+
+# ---------------------------------------------------------------------------------------------- with a cache
+
+
+def _cached(kube: MemoryKube) -> tuple[Reconciler, ObjectCache]:
+    cache = ObjectCache()
+    return Reconciler(kube, OperatorSettings.from_env({}), cache=cache), cache  # type: ignore[arg-type]
+
+
+def _reads(kube: MemoryKube) -> list[str]:
+    return [c for c in kube.calls if c in ("get_owner", "list_children", "pods")]
+
+
+def _waiting_pod(reason: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "x-decode-abc", "uid": "pod-uid", "labels": {"triptych.dev/role": "decode"}},
+        "spec": {"nodeName": "real"},
+        "status": {"containerStatuses": [{"name": "w", "state": {"waiting": {"reason": reason}}}]},
+    }
+
+
+async def test_with_a_cache_an_unchanged_reconcile_applies_nothing_and_skips_are_counted() -> None:
+    kube = MemoryKube(_spec())
+    reconciler, _ = _cached(kube)
+    await reconciler.reconcile(NS, NAME, kube.owner)
+    assert len(_applies(kube)) == 7
+    await reconciler.reconcile(NS, NAME, kube.owner)
+    assert len(_applies(kube)) == 7  # nothing changed: no apply at all
+    assert reconciler.reconcile_metrics.applies_skipped._value.get() == 7
+    # The spec changes one role: only that role's children are applied again.
+    kube.owner["spec"] = _spec(decode={"replicas": 3})
+    kube.owner["metadata"]["generation"] = 2
+    await reconciler.reconcile(NS, NAME, kube.owner)
+    assert _applies(kube)[7:] == ["apply Deployment x-decode"]
+    assert _deployment(kube, "decode")["spec"]["replicas"] == 3
+
+
+async def test_with_a_cache_a_drifted_child_is_applied_again_and_only_it() -> None:
+    kube = MemoryKube(_spec())
+    reconciler, _ = _cached(kube)
+    await reconciler.reconcile(NS, NAME, kube.owner)
+    edited = copy.deepcopy(_deployment(kube, "frontend"))
+    edited["spec"]["replicas"] = 9  # someone's kubectl edit: generation moves
+    edited["metadata"]["generation"] += 1
+    edited["metadata"]["resourceVersion"] = kube._rv()
+    kube.children[("apps/v1", "Deployment", "x-frontend")] = edited
+    await reconciler.child_changed(NS, NAME, "Deployment", edited, deleted=False)
+    assert _applies(kube)[7:] == ["apply Deployment x-frontend"]
+    assert _deployment(kube, "frontend")["spec"]["replicas"] == 1  # taken back
+    # A deleted child is re-created, the others are left alone.
+    service = copy.deepcopy(kube.children.pop(("v1", "Service", "x-decode")))
+    await reconciler.child_changed(NS, NAME, "Service", service, deleted=True)
+    assert _applies(kube)[8:] == ["apply Service x-decode"]
+
+
+async def test_with_a_cache_pod_events_read_nothing_from_the_api_and_write_status_only_on_change() -> None:
+    kube = MemoryKube(_spec())
+    reconciler, cache = _cached(kube)
+    await reconciler.reconcile(NS, NAME, kube.owner)
+    writes = len(kube.status_patches)
+    kube.calls.clear()
+    pod = _waiting_pod("ContainerCreating")
+    for version in range(20):  # the same state over and over (resourceVersion only)
+        await reconciler.child_changed(
+            NS, NAME, "Pod", {**pod, "metadata": {**pod["metadata"], "resourceVersion": str(900 + version)}},
+            deleted=False,
+        )  # fmt: skip
+    assert _reads(kube) == []  # owner, Deployments and pods all came from the cache
+    assert len(kube.status_patches) == writes  # and nothing changed the status
+    # The pod cannot pull its image: that changes the status (Stalled), written once.
+    await reconciler.child_changed(NS, NAME, "Pod", _waiting_pod("ImagePullBackOff"), deleted=False)
+    await reconciler.child_changed(NS, NAME, "Pod", _waiting_pod("ImagePullBackOff"), deleted=False)
+    assert _reads(kube) == []
+    assert len(kube.status_patches) == writes + 1
+    stalled = next(c for c in kube.owner["status"]["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "ImagePullBackOff")
+    # The pod goes: the stall clears from the cache's view alone.
+    await reconciler.child_changed(NS, NAME, "Pod", _waiting_pod("ImagePullBackOff"), deleted=True)
+    assert cache.items("Pod", (NS, NAME)) == []
+    stalled = next(c for c in kube.owner["status"]["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "False"
+    assert _reads(kube) == []
+
+
+async def test_with_a_cache_a_resync_reads_the_api_again() -> None:
+    kube = MemoryKube(_spec())
+    reconciler, cache = _cached(kube)
+    await reconciler.reconcile(NS, NAME, kube.owner)
+    # A child deleted while the watch was down: the cache still has it, the API does not.
+    del kube.children[("v1", "ConfigMap", "x-decode")]
+    await reconciler.child_changed(NS, NAME, "Pod", _waiting_pod("ContainerCreating"), deleted=False)
+    assert cache.get("ConfigMap", (NS, NAME), "x-decode") is not None
+    kube.calls.clear()
+    await reconciler._request((NS, NAME), full=True, fresh=True)
+    assert kube.calls[:2] == ["get_owner", "node_facts"]
+    assert "list_children" in kube.calls
+    assert _applies(kube) == ["apply ConfigMap x-decode"]  # the one that went, no other
+
+
+def test_the_knobs_a_large_cluster_needs_come_from_the_environment() -> None:
+    settings = OperatorSettings.from_env(
+        {"TRIPTYCH_OPERATOR_CONCURRENCY": "4", "TRIPTYCH_OPERATOR_RESYNC_SECONDS": "0"}
+    )
+    assert (settings.concurrency, settings.resync_seconds) == (4, 0)
+    assert (OperatorSettings().concurrency, OperatorSettings().resync_seconds) == (16, 3600)
+    with pytest.raises(ValueError, match="concurrency"):
+        OperatorSettings.from_env({"TRIPTYCH_OPERATOR_CONCURRENCY": "0"})
+
+
+async def test_the_resync_reconciles_every_known_object_from_the_api() -> None:
+    kube = MemoryKube(_spec())
+    cache = ObjectCache()
+    settings = OperatorSettings.from_env({"TRIPTYCH_OPERATOR_RESYNC_SECONDS": "1"})
+    reconciler = Reconciler(kube, settings, cache=cache)  # type: ignore[arg-type]
+    await reconciler.reconcile(NS, NAME, kube.owner)
+    kube.calls.clear()
+    reconciler.start()
+    try:
+        for _ in range(500):  # the one object is due after 1 s
+            if "get_owner" in kube.calls:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await reconciler.close()
+    assert kube.calls[:2] == ["get_owner", "node_facts"]  # the owner read afresh, not from the cache
+    assert "list_children" in kube.calls
