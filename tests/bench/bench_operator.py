@@ -41,6 +41,7 @@ import math
 import os
 import statistics
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -479,53 +480,21 @@ def _delete_namespace(kube: Kube, namespace: str, deadline_s: float) -> str:
 
 
 def _bench_node(index: int) -> dict[str, Any]:
-    """A fake GPU node for kwok, shaped like hack/lib/localcluster/configs.py's gpu_node."""
-    product = ("NVIDIA-H100-80GB-HBM3", "NVIDIA-A100-SXM4-80GB")[index % 2]
+    """A fake GPU node for kwok: the local cluster's own (hack/lib/localcluster/configs.py's gpu_node),
+    renamed `bench-kwok-<index>` and labelled as the bench's (so the rest of the cluster is told apart)."""
+    sys.path.insert(0, str(HACK / "lib"))  # hack/lib is not an installed package (as tests/unit/hack does)
+    from localcluster.configs import gpu_node
+
+    node: dict[str, Any] = json.loads(json.dumps(gpu_node(index)))
     name = f"bench-kwok-{index}"
-    capacity = {
-        "cpu": "96", "memory": "1Ti", "pods": str(KWOK_NODE_PODS), "ephemeral-storage": "2Ti",
-        "nvidia.com/gpu": "8", "rdma/ib": "8",
-    }  # fmt: skip
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64",
-                "type": "kwok",
-                "triptych.dev/node-kind": "kwok-gpu",
-                "triptych.dev/bench": "true",
-                "nvidia.com/gpu.present": "true",
-                "nvidia.com/gpu.product": product,
-                "nvidia.com/gpu.count": "8",
-                "topology.kubernetes.io/zone": f"zone-{'ab'[index // 2 % 2]}",
-                "topology.kubernetes.io/region": "local",
-                "triptych.dev/rack": f"rack-bench-{index // 2}",
-                "feature.node.kubernetes.io/rdma.available": "true",
-            },
-        },
-        "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
-        "status": {
-            "allocatable": capacity,
-            "capacity": capacity,
-            "nodeInfo": {
-                "architecture": "amd64",
-                "operatingSystem": "linux",
-                "kubeletVersion": "fake",
-                "kubeProxyVersion": "fake",
-                "containerRuntimeVersion": "kwok://fake",
-                "osImage": "kwok",
-                "kernelVersion": "fake",
-                "machineID": name,
-                "systemUUID": name,
-                "bootID": name,
-            },
-        },
-    }
+    labels = node["metadata"]["labels"]
+    labels.update({"kubernetes.io/hostname": name, "triptych.dev/bench": "true"})
+    labels["triptych.dev/rack"] = f"rack-bench-{index // 2}"
+    node["metadata"]["name"] = name
+    node["status"]["nodeInfo"].update(machineID=name, systemUUID=name, bootID=name)
+    for quantities in (node["status"]["allocatable"], node["status"]["capacity"]):
+        quantities["pods"] = str(KWOK_NODE_PODS)
+    return node
 
 
 def _ready(node: dict[str, Any]) -> bool:
