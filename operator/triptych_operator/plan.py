@@ -223,10 +223,10 @@ def applied_marker(kind: str, meta: Mapping[str, Any]) -> str:
     return str(meta.get("generation") if kind in GENERATION_KINDS else meta.get("resourceVersion"))
 
 
-def drifted(applied: Mapping[tuple[str, str], str], kind: str, meta: Mapping[str, Any]) -> bool:
-    """A child event whose marker is not the one our last apply left: someone else changed the child (or
-    we never applied it in this process)."""
-    return applied.get((kind, str(meta.get("name")))) != applied_marker(kind, meta)
+def drifted(applied: Mapping[tuple[str, str], str], kind: str, name: str, marker: str) -> bool:
+    """A child event whose marker (`applied_marker` of the child it showed) is not the one our last apply
+    left: someone else changed the child (or we never applied it in this process)."""
+    return applied.get((kind, name)) != marker
 
 
 # ------------------------------------------------------------------------------------------------ blockers

@@ -138,7 +138,7 @@ def build_registry() -> kopf.OperatorRegistry:
         await _reconciler(memo).reconcile(namespace or "", name, body)
 
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, id="observe", registry=registry)
-    async def gone(
+    async def observe(
         type: str, namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
     ) -> None:
         """Keep the cache's copy current; forget a deleted MultimodalDeployment (its children go through

@@ -9,8 +9,11 @@ Two entry points share one per-object gate, so one object is never reconciled tw
 - `child_changed` (events of children and pods with our labels): a child that drifted from what the operator
   last applied (deleted, or edited so that its generation/resourceVersion moved) gets the whole path again;
   anything else (a Deployment's status, a pod's state) only refreshes the owner's status. Requests that arrive
-  while one is queued are folded into it, so a burst of pod events costs one refresh. Nothing here raises
-  into kopf: event handlers are not retried, so a transient failure re-queues itself with a backoff.
+  while one is queued are folded into it, so a burst of pod events costs one refresh. Whether a child event
+  is drift is judged when its request runs, under the gate, not when it arrives: the event of our own apply
+  often arrives while that reconcile is still applying the other children, before it recorded the marker,
+  and would otherwise cost a second whole path. Nothing here raises into kopf: event handlers are not
+  retried, so a transient failure re-queues itself with a backoff.
 
 No kopf timers or daemons: kopf puts a finalizer on objects that have them, and deletion is left to owner
 references alone (deleting a MultimodalDeployment never waits for the operator). Every state change status
@@ -38,7 +41,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -96,6 +99,8 @@ class _Gate:
     queued: bool = False  # a request waits for the lock; later ones fold into it
     full: bool = False  # the queued request needs the whole path, not only a status refresh
     fresh: bool = False  # ... read from the API, not the cache (the resync)
+    # Child events not yet judged: (kind, name, marker the event carried); drift if it is not ours.
+    suspects: set[tuple[str, str, str]] = field(default_factory=set)
     since: float = 0.0  # when the queued request came (perf_counter), for the wait metric
     failures: int = 0
 
@@ -197,8 +202,11 @@ class Reconciler:
             else:
                 self.cache.put(kind, key, body)
         meta = body.get("metadata") or {}
-        full = kind != "Pod" and (deleted or drifted(self._applied.get(key, {}), kind, meta))
-        await self._request(key, full=full)
+        if kind == "Pod" or deleted:
+            await self._request(key, full=deleted and kind != "Pod")
+        else:
+            suspect = (kind, str(meta.get("name")), applied_marker(kind, meta))
+            await self._request(key, full=False, suspect=suspect)
 
     def observe_owner(self, body: Mapping[str, Any]) -> None:
         """A MultimodalDeployment as a watch event (or a handler) delivered it."""
@@ -408,18 +416,23 @@ class Reconciler:
 
     # ------------------------------------------------------------------------------------------ coalescing
 
-    async def _request(self, key: Key, *, full: bool, fresh: bool = False) -> None:
+    async def _request(
+        self, key: Key, *, full: bool, fresh: bool = False, suspect: tuple[str, str, str] | None = None
+    ) -> None:
         gate = self._gate(key)
         gate.full = gate.full or full
         gate.fresh = gate.fresh or fresh
+        if suspect is not None:
+            gate.suspects.add(suspect)
         if gate.queued:
             return
         gate.queued = True
         gate.since = time.perf_counter()
         async with gate.lock:
             gate.queued = False
-            full, gate.full = gate.full, False
+            full, gate.full = gate.full or self._drifted(key, gate.suspects), False
             fresh, gate.fresh = gate.fresh, False
+            gate.suspects = set()
             try:
                 if full:
                     await self._work("full", gate.since, self._full, key[0], key[1], prune=fresh, fresh=fresh)
@@ -440,6 +453,12 @@ class Reconciler:
                 gate.full = gate.full or full
                 gate.fresh = gate.fresh or fresh
                 self._retry_later(key, delay)
+
+    def _drifted(self, key: Key, suspects: Iterable[tuple[str, str, str]]) -> bool:
+        """Some child event carried a marker other than the one our last apply of that child left (judged
+        now, after any reconcile that held the gate has recorded its own)."""
+        applied = self._applied.get(key, {})
+        return any(drifted(applied, kind, name, marker) for kind, name, marker in suspects)
 
     def _retry_later(self, key: Key, delay: float) -> None:
         loop = asyncio.get_running_loop()

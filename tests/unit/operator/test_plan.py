@@ -109,12 +109,16 @@ def test_drift_is_a_marker_we_did_not_leave() -> None:
         ("Deployment", "x-decode"): applied_marker("Deployment", {"name": "x-decode", "generation": 3}),
         ("Service", "x-decode"): applied_marker("Service", {"name": "x-decode", "resourceVersion": "41"}),
     }
+
+    def seen(kind: str, meta: dict[str, Any]) -> bool:  # an event showing a child with this metadata
+        return drifted(applied, kind, str(meta["name"]), applied_marker(kind, meta))
+
     # A Deployment's status writes move its resourceVersion, not its generation: not drift.
-    assert not drifted(applied, "Deployment", {"name": "x-decode", "generation": 3, "resourceVersion": "99"})
-    assert drifted(applied, "Deployment", {"name": "x-decode", "generation": 4})  # someone edited the spec
-    assert not drifted(applied, "Service", {"name": "x-decode", "resourceVersion": "41"})
-    assert drifted(applied, "Service", {"name": "x-decode", "resourceVersion": "42"})
-    assert drifted(applied, "ConfigMap", {"name": "x-decode", "resourceVersion": "1"})  # never applied here
+    assert not seen("Deployment", {"name": "x-decode", "generation": 3, "resourceVersion": "99"})
+    assert seen("Deployment", {"name": "x-decode", "generation": 4})  # someone edited the spec
+    assert not seen("Service", {"name": "x-decode", "resourceVersion": "41"})
+    assert seen("Service", {"name": "x-decode", "resourceVersion": "42"})
+    assert seen("ConfigMap", {"name": "x-decode", "resourceVersion": "1"})  # never applied here
 
 
 def _owner(status: dict[str, Any] | None = None, generation: int = 1) -> dict[str, Any]:

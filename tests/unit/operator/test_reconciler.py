@@ -47,6 +47,8 @@ class MemoryKube:
         self.fail_listing: int = 0  # the next N list_children calls raise a 503
         self.pods_gate: threading.Event | None = None  # when set, pods() waits for it
         self.in_pods = threading.Event()
+        self.apply_gate: threading.Event | None = None  # when set, apply() waits for it once it wrote
+        self.in_apply = threading.Event()
         self.pod_list: list[dict[str, Any]] = []
         self.messages: list[str] = []
         self._version = 0
@@ -77,6 +79,9 @@ class MemoryKube:
         if obj["kind"] == "Deployment":  # what the Deployment controller writes, for the current ReplicaSet
             new["metadata"].setdefault("annotations", {})[REVISION] = "1"
         self.children[key] = new
+        self.in_apply.set()
+        if self.apply_gate is not None:
+            assert self.apply_gate.wait(10), "the test never released apply()"
         return copy.deepcopy(new)
 
     def seed_replicas(self, obj: Mapping[str, Any], replicas: int) -> dict[str, Any]:
@@ -410,6 +415,30 @@ async def test_with_a_cache_a_drifted_child_is_applied_again_and_only_it() -> No
     service = copy.deepcopy(kube.children.pop(("v1", "Service", "x-decode")))
     await reconciler.child_changed(NS, NAME, "Service", service, deleted=True)
     assert _applies(kube)[8:] == ["apply Service x-decode"]
+
+
+async def test_the_event_of_our_own_apply_arriving_mid_reconcile_is_not_drift_but_an_edit_then_is() -> None:
+    kube = MemoryKube(_spec())
+    reconciler, _ = _cached(kube)
+    kube.apply_gate = threading.Event()
+    running = asyncio.create_task(reconciler.reconcile(NS, NAME, kube.owner))
+    # The first child is written; its watch event comes while the reconcile still holds the gate, before
+    # it recorded that apply's marker: one whole path and one status refresh, not two whole paths.
+    assert await asyncio.to_thread(kube.in_apply.wait, 10)
+    first = copy.deepcopy(next(iter(kube.children.values())))
+    ours = asyncio.create_task(reconciler.child_changed(NS, NAME, first["kind"], first, deleted=False))
+    await asyncio.sleep(0.05)
+    kube.apply_gate.set()
+    await asyncio.gather(running, ours)
+    reconciles = reconciler.reconcile_metrics.reconciles
+    assert (reconciles.labels("full")._value.get(), reconciles.labels("refresh")._value.get()) == (1, 1)
+    assert len(_applies(kube)) == 7
+    # Someone edits that child afterwards: drift, so the whole path again, re-applying only it.
+    edited = copy.deepcopy(first)
+    edited["metadata"].update(generation=first["metadata"]["generation"] + 1, resourceVersion=kube._rv())
+    await reconciler.child_changed(NS, NAME, edited["kind"], edited, deleted=False)
+    assert reconciles.labels("full")._value.get() == 2
+    assert _applies(kube)[7:] == [f"apply {first['kind']} {first['metadata']['name']}"]
 
 
 async def test_with_a_cache_pod_events_read_nothing_from_the_api_and_write_status_only_on_change() -> None:
