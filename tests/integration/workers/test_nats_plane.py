@@ -104,6 +104,11 @@ async def slow(request: Request) -> AsyncIterator[bytes]:
     yield b"done"
 
 
+async def stuck(request: Request) -> AsyncIterator[bytes]:
+    await asyncio.sleep(60)  # longer than any test's deadline: it ends only by cancellation
+    yield b"never"
+
+
 async def test_keepalives_tell_a_slow_worker_from_a_lost_one(
     conns: Callable[[], Awaitable[NatsConnection]],
 ) -> None:
@@ -118,20 +123,26 @@ async def test_keepalives_tell_a_slow_worker_from_a_lost_one(
     finally:
         await alive.close()
 
-    # The worker's connection dies while it holds the request: nothing more arrives, and the caller
-    # knows within the liveness timeout instead of waiting for the deadline.
+    # The worker's connection dies while it holds a request that would never end by itself: nothing more
+    # arrives, and the caller knows within the liveness timeout instead of waiting for the deadline.
+    # (The liveness timeout is larger here: on a loaded CI runner, "accepted" once took longer than 0.5 s.)
     worker_conn = await conns()
-    lost = WorkerServer(worker_conn, SUBJECTS, "encode", "lost", {"slow": slow}, settings=settings)
+    lost = WorkerServer(
+        worker_conn, SUBJECTS, "encode", "lost", {"stuck": stuck},
+        settings=WorkerSettings(keepalive_interval_s=0.1, drain_timeout_s=0.5),
+    )  # fmt: skip
     await lost.start()
     try:
         started = time.monotonic()
-        async with client.stream("encode", "slow", b"x", timeout_s=30, liveness_timeout_s=0.5) as replies:
+        async with client.stream("encode", "stuck", b"x", timeout_s=30, liveness_timeout_s=2) as replies:
             first = asyncio.create_task(anext(aiter(replies)))
-            # Accepted and running once the stream knows its worker (waited for, not assumed after a sleep:
-            # CI once found it unaccepted after 0.3 s on a loaded machine).
+            # Accepted and running once the stream knows its worker (waited for, not assumed after a sleep);
+            # should the stream end first, awaiting it says why.
             async with asyncio.timeout(10):
-                while replies.worker_id is None:  # noqa: ASYNC110 - the stream offers no event for it
+                while replies.worker_id is None and not first.done():  # noqa: ASYNC110 - no event for it
                     await asyncio.sleep(0.01)
+            if first.done():
+                await first
             assert replies.worker_id == "lost"
             await worker_conn.close()
             with pytest.raises(WorkerLost):
