@@ -29,6 +29,9 @@ PACKAGES = {
     "openssl": "/usr/bin/openssl",
     # The autoscaler's Prometheus metrics source is tested against a real Prometheus (tests/e2e/autoscaling).
     "prometheus": "/usr/bin/prometheus",
+    # The chart's Argo CD health check runs under Lua 5.1 in the unit tier (tests/unit/operator/
+    # test_health_lua51.py), which skips without it: installed with the cluster, so CI runs it.
+    "lua5.1": "/usr/bin/lua5.1",
 }
 
 
