@@ -482,7 +482,8 @@ def _delete_namespace(kube: Kube, namespace: str, deadline_s: float) -> str:
 def _bench_node(index: int) -> dict[str, Any]:
     """A fake GPU node for kwok: the local cluster's own (hack/lib/localcluster/configs.py's gpu_node),
     renamed `bench-kwok-<index>` and labelled as the bench's (so the rest of the cluster is told apart)."""
-    sys.path.insert(0, str(HACK / "lib"))  # hack/lib is not an installed package (as tests/unit/hack does)
+    if str(HACK / "lib") not in sys.path:  # hack/lib is not an installed package (as tests/unit/hack does)
+        sys.path.insert(0, str(HACK / "lib"))
     from localcluster.configs import gpu_node
 
     node: dict[str, Any] = json.loads(json.dumps(gpu_node(index)))

@@ -202,11 +202,10 @@ class Reconciler:
             else:
                 self.cache.put(kind, key, body)
         meta = body.get("metadata") or {}
-        if kind == "Pod" or deleted:
-            await self._request(key, full=deleted and kind != "Pod")
-        else:
-            suspect = (kind, str(meta.get("name")), applied_marker(kind, meta))
-            await self._request(key, full=False, suspect=suspect)
+        # A deleted child is drift at once; an edited one is judged when the request runs; pods never are.
+        judged = kind != "Pod" and not deleted
+        suspect = (kind, str(meta.get("name")), applied_marker(kind, meta)) if judged else None
+        await self._request(key, full=deleted and kind != "Pod", suspect=suspect)
 
     def observe_owner(self, body: Mapping[str, Any]) -> None:
         """A MultimodalDeployment as a watch event (or a handler) delivered it."""
