@@ -44,6 +44,7 @@ NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 MAX_GPUS_PER_POD = 16
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8, 16)
 MAX_REPLICAS = 1000
+MAX_NUM_SEQS = 4096  # requests one worker pod runs at once (roles.<role>.maxNumSeqs)
 RESERVED_ENV_PREFIX = "TRIPTYCH_"
 
 # A non-negative Kubernetes quantity (resource.Quantity's grammar without a sign).
@@ -691,6 +692,16 @@ class WorkerRole(RoleBase):
         "product (a cross-check for sizing by hand).",
         ge=1,
         le=MAX_GPUS_PER_POD,
+    )
+    max_num_seqs: int | None = Field(
+        default=None,
+        description="Requests one pod of this role runs at once (the engine's running batch), named after "
+        "vLLM's --max-num-seqs (SGLang's --max-running-requests, TensorRT-LLM's max_batch_size); the "
+        "operator passes it to the engine and writes it as the worker's serving.concurrency. Absent: the "
+        "backend's default, 256 for vllm, sglang and trtllm (lets the engine batch), 8 for reference (its "
+        "engine interleaves requests token by token on one thread).",
+        ge=1,
+        le=MAX_NUM_SEQS,
     )
 
     @property

@@ -39,7 +39,7 @@ from triptych_contract import (
 )
 from triptych_contract.networks import allowed_ip_blocks
 
-from triptych_operator.builders.backends import EngineCommand, PodContext, profile_for
+from triptych_operator.builders.backends import BackendProfile, EngineCommand, PodContext, profile_for
 from triptych_operator.naming import (
     API_VERSION_FULL,
     child_name,
@@ -86,6 +86,16 @@ def _metadata(
 # ------------------------------------------------------------------------------------------------ config
 
 
+def _serving(spec: MultimodalDeploymentSpec, role: Role, profile: BackendProfile) -> dict[str, Any]:
+    """The `serving` section: the spec's, plus for a worker role the requests its pods run at once (the
+    same limit the engine is given). The frontend has its own limit (maxConcurrentRequests)."""
+    serving = spec.serving.model_dump(by_alias=True)
+    worker = spec.worker(role) if role != "frontend" else None
+    if worker is not None:
+        serving["concurrency"] = profile.max_num_seqs(worker)
+    return serving
+
+
 def worker_config(
     name: str, namespace: str, spec: MultimodalDeploymentSpec, role: Role, nats_url: str, *, rdma: bool
 ) -> dict[str, Any]:
@@ -108,7 +118,7 @@ def worker_config(
         "modalities": list(spec.modalities),
         # What the frontend's fetcher reads; the PVC is the operator's to mount, not the fetcher's business.
         "media": spec.media.model_dump(by_alias=True, exclude={"local_media_pvc"}),
-        "serving": spec.serving.model_dump(by_alias=True),
+        "serving": _serving(spec, role, profile),
         "encoderCache": {
             "capacity": str(spec.encoder_cache.capacity),
             "capacityBytes": int(parse_quantity(spec.encoder_cache.capacity)),

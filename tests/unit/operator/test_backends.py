@@ -12,7 +12,7 @@ from triptych_operator.builders import build_role
 from triptych_operator.builders.backends import PROFILES, profile_for
 from triptych_operator.builders.backends.base import SIDECAR_RESOURCES, EngineServerProfile
 from triptych_operator.settings import OperatorSettings
-from triptych_operator.spec import Role, parse_spec
+from triptych_operator.spec import Role, WorkerRole, parse_spec
 
 SETTINGS = OperatorSettings.from_env({})
 GPU_BACKENDS = ("vllm", "sglang", "trtllm")
@@ -174,7 +174,7 @@ def test_trtllm_options_travel_in_the_configmap() -> None:
     engine = next(c for c in children if c["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][
         0
     ]
-    assert engine["command"][-2:] == ["--config", "/etc/triptych/engine.yaml"]
+    assert engine["command"][-4:] == ["--config", "/etc/triptych/engine.yaml", "--max_batch_size", "256"]
 
 
 @pytest.mark.parametrize(
@@ -192,3 +192,107 @@ def test_the_requested_transport_is_written_for_the_worker_to_check(
         children = build_role("d", "ns", "u", spec, role, SETTINGS, rdma_available=rdma_available)
         config = yaml.safe_load(next(c for c in children if c["kind"] == "ConfigMap")["data"]["config.yaml"])
         assert config["dataPlane"] == {"requestedTransport": "tcp" if role == "frontend" else requested}
+
+
+# ------------------------------------------------------------------------------------------- batch limit
+
+# Each engine's option for roles.<role>.maxNumSeqs, written out by hand.
+BATCH_FLAGS = {"vllm": "--max-num-seqs", "sglang": "--max-running-requests", "trtllm": "--max_batch_size"}
+
+
+def _config(spec: Any, role: Role) -> dict[str, Any]:
+    children = build_role("d", "ns", "u", spec, role, SETTINGS, rdma_available=False)
+    config_map = next(c for c in children if c["kind"] == "ConfigMap")
+    return yaml.safe_load(config_map["data"]["config.yaml"])  # type: ignore[no-any-return]
+
+
+def _engine_command(spec: Any, role: Role) -> list[str]:
+    engine = _pod(spec, role)["containers"][0]
+    assert engine["name"] == "engine"
+    return engine["command"]  # type: ignore[no-any-return]
+
+
+def _values(command: list[str], flag: str) -> list[str]:
+    """Every value `flag` is given in `command`."""
+    return [command[i + 1] for i, token in enumerate(command) if token == flag]
+
+
+def test_the_default_batch_limits_are_the_ones_the_api_documents() -> None:
+    defaults = {backend: profile.default_max_num_seqs for backend, profile in PROFILES.items()}
+    assert defaults == {"vllm": 256, "sglang": 256, "trtllm": 256, "reference": 8}
+    description = WorkerRole.model_fields["max_num_seqs"].description or ""
+    assert "256 for vllm, sglang and trtllm" in description
+    assert "8 for reference" in description
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_an_engine_runs_256_requests_at_once_by_default(backend: str) -> None:
+    spec = _spec(backend, roles={"encode": {}, "prefill": {}, "decode": {}})
+    for role in ("encode", "prefill", "decode"):
+        assert _values(_engine_command(spec, role), BATCH_FLAGS[backend]) == ["256"], role
+        assert _config(spec, role)["serving"]["concurrency"] == 256, role
+    # The frontend runs no engine and has its own limit (serving.maxConcurrentRequests, the worker's default).
+    assert "concurrency" not in _config(spec, "frontend")["serving"]
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_each_role_gives_its_engine_and_worker_its_own_max_num_seqs(backend: str) -> None:
+    roles = {"encode": {"maxNumSeqs": 4}, "prefill": {"maxNumSeqs": 16}, "decode": {"maxNumSeqs": 64}}
+    spec = _spec(backend, roles=roles)
+    expected: list[tuple[Role, str, int]] = [("encode", "4", 4), ("prefill", "16", 16), ("decode", "64", 64)]
+    for role, flag_value, concurrency in expected:
+        assert _values(_engine_command(spec, role), BATCH_FLAGS[backend]) == [flag_value], role
+        assert _config(spec, role)["serving"]["concurrency"] == concurrency, role
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_a_decode_that_also_prefills_runs_decodes_max_num_seqs(backend: str) -> None:
+    """E/PD: the decode pod prefills too; roles.decode's value is the pod's, whatever encode's is."""
+    spec = _spec(backend, roles={"encode": {"maxNumSeqs": 4}, "decode": {"maxNumSeqs": 32}})
+    config = _config(spec, "decode")
+    assert config["stages"] == ["prefill", "decode"]
+    assert config["serving"]["concurrency"] == 32
+    assert _values(_engine_command(spec, "decode"), BATCH_FLAGS[backend]) == ["32"]
+
+
+@pytest.mark.parametrize(
+    ("backend", "user_args"),
+    [
+        ("vllm", ["--max-model-len", "4096"]),
+        ("sglang", ["--context-length", "4096"]),
+        ("trtllm", ["--max_seq_len", "4096"]),
+    ],
+)
+def test_the_users_extra_args_come_after_the_batch_limit(backend: str, user_args: list[str]) -> None:
+    spec = _spec(backend, roles={"decode": {"maxNumSeqs": 12, "extraArgs": user_args}})
+    assert _engine_command(spec, "decode")[-4:] == [BATCH_FLAGS[backend], "12", *user_args]
+
+
+def test_vllm_e_pd_decode_command_with_max_num_seqs() -> None:
+    spec = _spec("vllm", roles={"encode": {}, "decode": {"maxNumSeqs": 32}})
+    assert _engine_command(spec, "decode") == [
+        "python", "-m", "vllm.entrypoints.openai.api_server", "--model", "org/m", "--host", "0.0.0.0",
+        "--port", "8001", "--served-model-name", "org/m", "--tensor-parallel-size", "1", "--enable-scale-out",
+        "--ec-transfer-config", '{"ec_connector":"ECCPUConnector","ec_role":"ec_consumer"}',
+        "--max-num-seqs", "32",
+    ]  # fmt: skip
+
+
+def test_reference_workers_run_8_requests_at_once_by_default_or_their_max_num_seqs() -> None:
+    spec = _spec("reference", roles={"encode": {}, "prefill": {}, "decode": {}})
+    for role in ("encode", "prefill", "decode"):
+        assert _config(spec, role)["serving"]["concurrency"] == 8, role
+    assert "concurrency" not in _config(spec, "frontend")["serving"]
+    folded = _spec("reference", roles={"encode": {"maxNumSeqs": 2}, "decode": {"maxNumSeqs": 3}})
+    assert _config(folded, "encode")["serving"]["concurrency"] == 2
+    assert _config(folded, "decode")["serving"]["concurrency"] == 3  # E/PD: the decode pod prefills too
+    # No engine command line: triptych-worker runs the engine in its own process and reads the config.
+    (worker,) = _pod(folded, "decode")["containers"]
+    assert worker["command"] == ["triptych-worker", "decode", "--config", "/etc/triptych/config.yaml"]
+
+
+def test_the_workers_read_the_concurrency_as_their_serving_concurrency() -> None:
+    worker_config_model = pytest.importorskip("triptych_workers.config").WorkerConfig
+    spec = _spec("vllm", roles={"encode": {}, "decode": {"maxNumSeqs": 32}})
+    assert worker_config_model.model_validate(_config(spec, "decode")).serving.concurrency == 32
+    assert worker_config_model.model_validate(_config(spec, "encode")).serving.concurrency == 256

@@ -178,6 +178,8 @@ def test_vllm_prefill_rdma() -> None:
         '{"ec_connector":"ECCPUConnector","ec_role":"ec_consumer"}',
         "--kv-transfer-config",
         '{"kv_connector":"NixlConnector","kv_role":"kv_producer"}',
+        "--max-num-seqs",
+        "256",
     ]
     assert engine["resources"] == {
         "requests": {"nvidia.com/gpu": 2, "rdma/ib": 1},

@@ -147,6 +147,12 @@ class BackendProfile(ABC):
     default_image: ClassVar[str]
     shm_size: ClassVar[str]  # /dev/shm (a memory emptyDir) of worker pods
     uses_gpus: ClassVar[bool]
+    default_max_num_seqs: ClassVar[int]  # a worker role's maxNumSeqs when the spec gives none
+
+    def max_num_seqs(self, worker: WorkerRole) -> int:
+        """Requests one pod of a worker role runs at once: the role's maxNumSeqs, else this backend's
+        default. The engine's batch limit and the worker's serving.concurrency both come from here."""
+        return self.default_max_num_seqs if worker.max_num_seqs is None else worker.max_num_seqs
 
     def model_ref(self, spec: MultimodalDeploymentSpec) -> str:
         """What the engine loads: a path under the PVC mount, the builtin model's directory, else a hub id
@@ -184,16 +190,20 @@ class EngineServerProfile(BackendProfile):
     on ENGINE_PORT does the KV and embedding transfers itself; triptych-worker is its sidecar."""
 
     uses_gpus = True
+    default_max_num_seqs = 256  # vLLM's familiar default: lets the engine batch
+    max_num_seqs_flag: ClassVar[str]  # the engine's option for `max_num_seqs` (vLLM's --max-num-seqs)
 
     @abstractmethod
     def command(self, spec: MultimodalDeploymentSpec, role: Role, worker: WorkerRole) -> EngineCommand:
-        """The backend's command line for a present worker role, before the user's extraArgs."""
+        """The backend's command line for a present worker role, before its batch limit and the user's
+        extraArgs."""
 
     def engine(self, spec: MultimodalDeploymentSpec, role: Role) -> EngineCommand | None:
         worker = spec.worker(role) if role != "frontend" else None
         if worker is None:
             return None
         out = self.command(spec, role, worker)
+        out.command += [self.max_num_seqs_flag, str(self.max_num_seqs(worker))]
         out.command += list(worker.extra_args)
         return out
 

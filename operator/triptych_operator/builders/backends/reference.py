@@ -31,6 +31,7 @@ class ReferenceProfile(BackendProfile):
     default_image = REFERENCE_IMAGE
     shm_size = "256Mi"
     uses_gpus = False
+    default_max_num_seqs = 8  # its engine interleaves requests token by token on one thread
 
     def model_ref(self, spec: MultimodalDeploymentSpec) -> str:
         src = spec.model.source

@@ -25,6 +25,7 @@ class SglangProfile(EngineServerProfile):
     name = "sglang"
     default_image = IMAGE
     shm_size = "16Gi"
+    max_num_seqs_flag = "--max-running-requests"
 
     def command(self, spec: MultimodalDeploymentSpec, role: Role, worker: WorkerRole) -> EngineCommand:
         flags = role_flags(spec, role)

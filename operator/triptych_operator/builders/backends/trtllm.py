@@ -25,6 +25,7 @@ class TrtllmProfile(EngineServerProfile):
     name = "trtllm"
     default_image = IMAGE
     shm_size = "32Gi"  # TRT-LLM wants up to 80 GiB on large models (REFERENCE.md)
+    max_num_seqs_flag = "--max_batch_size"  # both serve and mm_embedding_serve take it
 
     def command(self, spec: MultimodalDeploymentSpec, role: Role, worker: WorkerRole) -> EngineCommand:
         flags = role_flags(spec, role)

@@ -79,6 +79,7 @@ class VllmProfile(EngineServerProfile):
     name = "vllm"
     default_image = IMAGE
     shm_size = "16Gi"  # vLLM 8-16 GiB (REFERENCE.md)
+    max_num_seqs_flag = "--max-num-seqs"
 
     def command(self, spec: MultimodalDeploymentSpec, role: Role, worker: WorkerRole) -> EngineCommand:
         flags = role_flags(spec, role)
