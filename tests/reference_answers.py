@@ -48,9 +48,11 @@ def greedy_answers(
                 encoded = await engine.encode(
                     [EncodeRequest(m, s) for m, s in zip(media, prompt.spans, strict=True)]
                 )
-                steps = [s async for s in engine.generate(prompt, encoded, params)]
+                frames = [f async for f in engine.generate(prompt, encoded, params)]
                 out[key] = Answer(
-                    "".join(s.text for s in steps), [s.token_id for s in steps], list(prompt.token_ids)
+                    "".join(f.text for f in frames),
+                    [t for f in frames for t in f.token_ids],
+                    list(prompt.token_ids),
                 )
             return out
         finally:

@@ -2,9 +2,10 @@
 ``builders/objects.py``, YAML at ``CONFIG_PATH``) and the process settings ``main()`` builds from it.
 
 The file uses the CRD's camelCase keys. Fields the operator writes are required where every role needs them;
-the ``serving`` and ``dataPlane`` blocks are optional tuning the operator does not write yet (their defaults
-are the production values). Nothing here is read at import time: ``main()`` calls ``load_config`` and passes
-the result down explicitly.
+in the ``serving`` and ``dataPlane`` blocks the operator writes what the spec says (the encode routing, where
+images are decoded, a worker role's ``concurrency`` from its ``maxNumSeqs``, the requested transport) and the
+other keys keep their defaults, which are the production values. Nothing here is read at import time:
+``main()`` calls ``load_config`` and passes the result down explicitly.
 """
 
 from __future__ import annotations
@@ -68,14 +69,16 @@ class NatsConfig(_Model):
 
 
 class ServingConfig(_Model):
-    """Request handling limits (not written by the operator yet; the defaults are the production values)."""
+    """Request handling limits (see the module docstring for which ones the operator writes)."""
 
     request_timeout_seconds: Annotated[float, Field(gt=0, alias="requestTimeoutSeconds")] = 120.0
     """Deadline of one client request, end to end (media fetch, encode, prefill, every token)."""
     drain_timeout_seconds: Annotated[float, Field(gt=0, alias="drainTimeoutSeconds")] = 20.0
     """On SIGTERM: how long in-flight work may run before it is cancelled."""
     concurrency: Annotated[int, Field(ge=1)] = 1
-    """Requests a worker runs at once."""
+    """Requests a worker runs at once: the operator writes the role's ``maxNumSeqs`` (the same number the
+    engine server is given as its batch limit, so an engine behind the sidecar batches them). 1 when the file
+    says nothing (a config written by hand)."""
     queue_capacity: Annotated[int, Field(ge=0, alias="queueCapacity")] = 16
     """Requests a worker accepts beyond ``concurrency`` (its local queue; the length is the queue depth)."""
     max_concurrent_requests: Annotated[int, Field(ge=1, alias="maxConcurrentRequests")] = 256

@@ -154,10 +154,14 @@ class WorkerMetrics:
         if not self._engine_reports:
             self._kv.labels(self.role, self.deployment).set(fraction)
 
-    def follow_engine(self, local_queue: Callable[[], int]) -> Callable[[EngineLoad], None]:
+    def follow_engine(
+        self, local_queue: Callable[[], int], local_in_flight: Callable[[], int]
+    ) -> Callable[[EngineLoad], None]:
         """For a sidecar whose engine is its own server: from now on the KV utilization is the engine's own
-        figure, and the queue depth is ``local_queue()`` (the sidecar's own queue) plus the requests waiting
-        inside the engine, as of the last ``EngineLoad`` given to the returned function."""
+        figure, the queue depth is ``local_queue()`` (the sidecar's own queue) plus the requests waiting
+        inside the engine, and in-flight is what the engine runs: the requests the sidecar has handed it
+        (``local_in_flight()``) less those still waiting there, so a request counts once, as waiting or as
+        running, as of the last ``EngineLoad`` given to the returned function."""
         self._engine_reports = True
         waiting = [0]
 
@@ -166,6 +170,7 @@ class WorkerMetrics:
             self._kv.labels(self.role, self.deployment).set(load.kv_cache_usage)
 
         self.queue_depth.set_function(lambda: local_queue() + waiting[0])
+        self.in_flight.set_function(lambda: max(0, local_in_flight() - waiting[0]))
         return update
 
     @contextlib.contextmanager

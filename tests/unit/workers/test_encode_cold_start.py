@@ -19,11 +19,11 @@ from pydantic import ValidationError
 from triptych_contract import METRIC_PENDING_REQUESTS
 from triptych_workers.config import ServingConfig
 from triptych_workers.engines.base import (
-    DecodeStep,
     MediaItem,
     PlaceholderSpan,
     RenderedPrompt,
     SamplingParams,
+    TokenFrame,
 )
 from triptych_workers.metrics import WorkerMetrics
 from triptych_workers.roles.frontend import error_body
@@ -32,8 +32,8 @@ from triptych_workers.roles.messages import (
     VERB_PREFILL,
     EncodedRef,
     EncodeWork,
+    FrameMessage,
     PrefillRef,
-    StepMessage,
     TensorRef,
 )
 from triptych_workers.roles.pipeline import HOLD_MARGIN_S, NatsPipeline, PoolUnavailable
@@ -48,8 +48,8 @@ from triptych_workers.transport import (
 
 DEPLOYMENT = "dcold"
 STEPS = [
-    StepMessage(index=0, token_id=5, text="a"),
-    StepMessage(index=1, token_id=6, text="b", finish_reason="stop"),
+    FrameMessage(index=0, token_ids=(5,), text="a"),
+    FrameMessage(index=1, token_ids=(6,), text="b", finish_reason="stop"),
 ]
 
 
@@ -161,7 +161,7 @@ def _request(images: int) -> tuple[RenderedPrompt, list[MediaItem]]:
     return RenderedPrompt((1, *[9] * (2 * images), 2), spans), media
 
 
-async def _generate(pipeline: NatsPipeline, images: int, deadline_s: float = 30.0) -> list[DecodeStep]:
+async def _generate(pipeline: NatsPipeline, images: int, deadline_s: float = 30.0) -> list[TokenFrame]:
     prompt, media = _request(images)
     deadline = time.monotonic() + deadline_s
     return [step async for step in pipeline.generate(prompt, media, SamplingParams(), deadline=deadline)]

@@ -1,12 +1,15 @@
 """``parse_load``: a backend's own gauges as the contract's load, on hand-written exposition text (the
 real backends' text is checked in their tiers: vLLM's in tests/e2e/vllm, SGLang's in
-tests/integration/backends)."""
+tests/integration/backends); and how a sidecar turns that load into the contract's gauges."""
 
 from __future__ import annotations
 
 import pytest
-from triptych_workers.engines.base import EngineError
+from prometheus_client.parser import text_string_to_metric_families
+from triptych_contract import METRIC_IN_FLIGHT, METRIC_KV_CACHE_UTILIZATION, METRIC_QUEUE_DEPTH
+from triptych_workers.engines.base import EngineError, EngineLoad
 from triptych_workers.engines.load import LoadGauges, parse_load
+from triptych_workers.metrics import WorkerMetrics
 
 GAUGES = LoadGauges(
     backend="B",
@@ -50,3 +53,26 @@ def test_a_missing_required_gauge_is_an_error_naming_it() -> None:
 
 def test_usage_is_clamped_to_one() -> None:
     assert parse_load(TEXT.replace("0.4", "3.0"), GAUGES).kv_cache_usage == 1.0
+
+
+def test_a_sidecar_counts_each_request_once_as_waiting_or_running() -> None:
+    """The contract's gauges of a sidecar whose engine batches: queue depth is the sidecar's own queue plus
+    the engine's waiting requests; in-flight is what the engine runs (handed to it, not waiting there)."""
+    metrics = WorkerMetrics("decode", "d")
+    local = {"queued": 2, "handed": 10}
+    update = metrics.follow_engine(lambda: local["queued"], lambda: local["handed"])
+    update(EngineLoad(waiting=3, running=7, kv_cache_usage=0.5))
+    labels = {"role": "decode", "deployment": "d"}
+    assert _sample(metrics, METRIC_QUEUE_DEPTH, labels) == 5
+    assert _sample(metrics, METRIC_IN_FLIGHT, labels) == 7
+    assert _sample(metrics, METRIC_KV_CACHE_UTILIZATION, labels) == 0.5
+    local["handed"] = 1  # the engine's figure is older than the sidecar's: never below zero
+    assert _sample(metrics, METRIC_IN_FLIGHT, labels) == 0
+
+
+def _sample(metrics: WorkerMetrics, name: str, labels: dict[str, str]) -> float | None:
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None

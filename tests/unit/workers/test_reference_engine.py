@@ -37,6 +37,7 @@ from triptych_workers.engines.base import (  # noqa: E402
     RenderedPrompt,
     SamplingParams,
     TensorBuffer,
+    TokenFrame,
 )
 from triptych_workers.engines.reference import prepare  # noqa: E402
 from triptych_workers.engines.reference.engine import (  # noqa: E402
@@ -479,16 +480,18 @@ async def test_async_engine_streams_the_same_tokens_and_stops_when_left(model: R
         items = await engine.encode([EncodeRequest(media[0], prompt.spans[0])])
         greedy = SamplingParams(max_tokens=MAX_TOKENS)
         result = await engine.prefill(PrefillRequest(prompt, tuple(items), greedy))
-        streamed = [step async for step in engine.decode(DecodeRequest(_over_the_wire(result), greedy))]
-        assert _ids(streamed) == _hf_generate(model, "image", MAX_TOKENS)
-        taken: list[DecodeStep] = []
+        streamed = [f async for f in engine.decode(DecodeRequest(_over_the_wire(result), greedy))]
+        # One token per frame: the engine thread takes the requests it runs at once in turns, token by token.
+        assert [len(f) for f in streamed] == [1] * len(streamed)
+        assert [t for f in streamed for t in f.token_ids] == _hf_generate(model, "image", MAX_TOKENS)
+        taken: list[TokenFrame] = []
         stream = engine.generate(prompt, items, SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))
-        async for step in stream:
-            taken.append(step)
+        async for frame in stream:
+            taken.append(frame)
             if len(taken) == 2:
                 break
         await asyncio.wait_for(stream.aclose(), timeout=10)
-        assert _ids(taken) == _ids(streamed)[:2]
+        assert [f.token_ids for f in taken] == [f.token_ids for f in streamed[:2]]
     finally:
         await engine.aclose()
 

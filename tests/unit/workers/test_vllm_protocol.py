@@ -11,7 +11,7 @@ import base64
 import json
 
 import pytest
-from triptych_workers.engines.base import EngineError, PlaceholderSpan, SamplingParams
+from triptych_workers.engines.base import EngineError, PlaceholderSpan, SamplingParams, TokenFrame, coalesce
 from triptych_workers.engines.load import parse_load
 from triptych_workers.engines.vllm import protocol
 from triptych_workers.errors import ClientError
@@ -125,30 +125,53 @@ def _sse(chunk: object) -> str:
     return f"data: {json.dumps(chunk)}"
 
 
-def test_a_stream_gives_one_step_per_token_with_the_finish_on_the_last() -> None:
+def test_a_stream_gives_one_frame_per_event_and_holds_nothing_back() -> None:
     reader = protocol.StreamReader()
-    lines = [
-        _sse({"choices": [{"index": 0, "text": "ab", "token_ids": [7, 8]}], "prompt_token_ids": [1, 2]}),
-        "",
-        _sse({"choices": [{"index": 0, "text": "c", "token_ids": [9]}]}),
-        _sse({"choices": [{"index": 0, "text": "", "token_ids": [], "finish_reason": "length"}]}),
-        "data: [DONE]",
-    ]
-    steps = [step for line in lines for step in reader.feed(line)] + list(reader.close())
-    assert [(s.index, s.token_id, s.text, s.finish_reason) for s in steps] == [
-        (0, 7, "", None),
-        (1, 8, "ab", None),
-        (2, 9, "c", "length"),
+    first = _sse({"choices": [{"index": 0, "text": "ab", "token_ids": [7, 8]}], "prompt_token_ids": [1, 2]})
+    # Each event's frame comes out as soon as its line is fed, before the next event exists.
+    assert [(f.index, f.token_ids, f.text, f.finish_reason) for f in reader.feed(first)] == [
+        (0, (7, 8), "ab", None)
     ]
     assert reader.prompt_token_ids == [1, 2]
+    assert list(reader.feed("")) == []
+    assert [
+        (f.index, f.token_ids, f.text)
+        for f in reader.feed(_sse({"choices": [{"text": "c", "token_ids": [9]}]}))
+    ] == [(2, (9,), "c")]
+    # vLLM may announce the end in an event of its own: a frame without tokens.
+    end = _sse({"choices": [{"index": 0, "text": "", "token_ids": [], "finish_reason": "length"}]})
+    assert [(f.index, f.token_ids, f.text, f.finish_reason) for f in reader.feed(end)] == [
+        (3, (), "", "length")
+    ]
+    assert list(reader.feed("data: [DONE]")) == []
     assert reader.done
 
 
 def test_a_finish_in_the_tokens_own_event_ends_the_stream_there() -> None:
     reader = protocol.StreamReader()
-    steps = list(reader.feed(_sse({"choices": [{"text": "x", "token_ids": [4], "finish_reason": "stop"}]})))
-    assert [(s.token_id, s.text, s.finish_reason) for s in steps] == [(4, "x", "stop")]
-    assert list(reader.close()) == []
+    frames = list(reader.feed(_sse({"choices": [{"text": "x", "token_ids": [4], "finish_reason": "stop"}]})))
+    assert [(f.token_ids, f.text, f.finish_reason) for f in frames] == [((4,), "x", "stop")]
+
+
+def test_sse_lines_are_split_across_reads_and_a_reads_events_coalesce() -> None:
+    lines, reader = protocol.SseLines(), protocol.StreamReader()
+    one = _sse({"choices": [{"text": "a", "token_ids": [5]}]})
+    two = _sse({"choices": [{"text": "b", "token_ids": [6], "finish_reason": "stop"}]})
+    data = f"{one}\n\n{two}\n\ndata: [DONE]\n\n".encode()
+    cut = len(one) // 2
+    assert lines.feed(data[:cut]) == []  # half a line: nothing yet
+    got = lines.feed(data[cut:])
+    assert got == [one, "", two, "", "data: [DONE]", ""]
+    frames = [f for line in got for f in reader.feed(line)]
+    merged = coalesce(frames)
+    assert (merged.index, merged.token_ids, merged.text, merged.finish_reason) == (0, (5, 6), "ab", "stop")
+    assert lines.feed(b"data: x\r\n") == ["data: x"]
+
+
+def test_no_frame_follows_a_finished_one() -> None:
+    done = TokenFrame(0, (1,), "a", "stop")
+    with pytest.raises(EngineError, match="no frame follows a finished one"):
+        done.then(TokenFrame(1, (2,), "b"))
 
 
 def test_an_error_event_in_the_stream_is_raised() -> None:

@@ -7,8 +7,12 @@ One request's life through an engine::
     item
     encode([EncodeRequest])       -> [EncodedItem]      # encode role: embeddings per media item
     prefill(PrefillRequest)       -> PrefillResult      # prefill role: KV for the prompt + the first token
-    decode(DecodeRequest)         -> AsyncIterator[DecodeStep]   # decode role: the remaining tokens, streamed
-    generate(...)                 -> AsyncIterator[DecodeStep]   # aggregated forms (PD, EPD): no KV export
+    decode(DecodeRequest)         -> AsyncIterator[TokenFrame]   # decode role: the answer's tokens, streamed
+    generate(...)                 -> AsyncIterator[TokenFrame]   # aggregated forms (PD, EPD): no KV export
+
+A ``TokenFrame`` holds the tokens that were ready together (one engine step of a request, or several when
+the reader fell behind): they travel as one message and leave the frontend as one event, so the per-token
+cost of the path does not grow with how far behind a hop is.
 
 Units that cross a process boundary (``EncodedItem``, ``PrefillResult``) carry their tensors as a
 ``TensorBuffer``: one C-contiguous byte buffer plus shape and dtype name. That is what the data plane
@@ -369,6 +373,43 @@ class DecodeStep:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenFrame:
+    """Tokens of one answer that were ready together: what an engine yields, what one reply chunk carries
+    and what the frontend sends as one event. ``index`` is the first token's position in the answer,
+    ``text`` the new text the tokens complete together (may be empty, as for a ``DecodeStep``). The last
+    frame has ``finish_reason`` set; it may hold no token at all (an engine that announces the end in an
+    event of its own after the last token: nothing is held back waiting for it)."""
+
+    index: int
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: FinishReason | None = None
+
+    @classmethod
+    def of(cls, step: DecodeStep) -> TokenFrame:
+        return cls(step.index, (step.token_id,), step.text, step.finish_reason)
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def then(self, later: TokenFrame) -> TokenFrame:
+        """This frame and the one after it as one frame (the later one's finish reason ends it)."""
+        if self.finish_reason is not None:
+            raise EngineError("no frame follows a finished one")
+        return TokenFrame(
+            self.index, self.token_ids + later.token_ids, self.text + later.text, later.finish_reason
+        )
+
+
+def coalesce(frames: Sequence[TokenFrame]) -> TokenFrame:
+    """Consecutive frames of one answer as one."""
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.then(frame)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
 class EngineLoad:
     """What an engine that is its own server reports of its load (vLLM: its /metrics), read by the sidecar
     into the contract's metrics: requests waiting inside the engine join the sidecar's queue depth, and the
@@ -441,11 +482,11 @@ class Engine(Protocol):
 
     async def prefill(self, request: PrefillRequest) -> PrefillResult: ...
 
-    def decode(self, request: DecodeRequest) -> AsyncIterator[DecodeStep]: ...
+    def decode(self, request: DecodeRequest) -> AsyncIterator[TokenFrame]: ...
 
     def generate(
         self, prompt: RenderedPrompt, items: Sequence[EncodedItem], sampling: SamplingParams
-    ) -> AsyncIterator[DecodeStep]:
+    ) -> AsyncIterator[TokenFrame]:
         """Prefill and decode in one place (the PD and EPD forms): the KV never leaves the engine."""
         ...
 

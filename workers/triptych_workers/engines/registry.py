@@ -64,6 +64,7 @@ async def _load_vllm_engine(config: WorkerConfig) -> Engine:
         # minutes): until then the sidecar is live but not ready.
         startup_timeout_s=max(config.serving.startup_timeout_seconds, ENGINE_STARTUP_TIMEOUT_S),
         request_timeout_s=config.serving.request_timeout_seconds,
+        max_streams=config.serving.concurrency,
     )
 
 

@@ -2,7 +2,7 @@
 
 Serves ``generate``: the items' embeddings are read from the encoders' data planes (PD) or encoded here
 behind this worker's encoder cache (EPD), then the engine prefills and decodes with the KV kept in its own
-memory, and the steps stream back.
+memory, and the token frames stream back.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def handlers(ctx: WorkerContext) -> Mapping[str, Handler]:
         work = parse_work(PrefillWork, request.payload)
         items = await resolve_items(ctx.plane, work.items, ctx.encoder, timeout_s=request.remaining())
         prompt = work.prompt.unit()
-        steps = ctx.engine.generate(prompt, items, work.sampling.unit())
-        async for chunk in ctx.stream_steps(steps, started, kv_base=len(prompt)):
+        frames = ctx.engine.generate(prompt, items, work.sampling.unit())
+        async for chunk in ctx.stream_frames(frames, started, kv_base=len(prompt)):
             yield chunk
 
     return {VERB_GENERATE: generate}

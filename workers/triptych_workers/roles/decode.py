@@ -1,8 +1,9 @@
 """The decode role: KV cache in, tokens streamed out.
 
 Serves ``decode``: the KV published by a prefill worker is read (and released there), the engine continues
-from it, and every ``DecodeStep`` goes back as one reply chunk. A cancel from the frontend (client gone,
-deadline) cancels the handler, which closes the engine's generator: generation stops at the next token.
+from it, and every ``TokenFrame`` (the tokens that were ready together) goes back as one reply chunk. A
+cancel from the frontend (client gone, deadline) cancels the handler, which closes the engine's generator:
+generation stops at the next token.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def handlers(ctx: WorkerContext) -> Mapping[str, Handler]:
             prompt_token_ids=ref.prompt_token_ids,
             items=tuple(items),
         )
-        steps = ctx.engine.decode(DecodeRequest(prefill, work.sampling.unit()))
-        async for chunk in ctx.stream_steps(steps, started, kv_base=ref.prompt_len):
+        frames = ctx.engine.decode(DecodeRequest(prefill, work.sampling.unit()))
+        async for chunk in ctx.stream_frames(frames, started, kv_base=ref.prompt_len):
             yield chunk
 
     return {VERB_DECODE: decode}

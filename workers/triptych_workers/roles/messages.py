@@ -5,8 +5,8 @@ plane (NIXL or inline) plus the shape and dtype to view it with. Verbs and what 
 
     encode    EncodeWork{items: [MediaRef]}                 -> one EncodedRef chunk per item, in order
     prefill   PrefillWork{prompt, items, sampling}          -> one PrefillRef chunk
-    decode    DecodeWork{prefill: PrefillRef, sampling}     -> StepMessage chunks (the first token included)
-    generate  PrefillWork                                   -> StepMessage chunks (PD and EPD workers)
+    decode    DecodeWork{prefill: PrefillRef, sampling}     -> FrameMessage chunks (the first token included)
+    generate  PrefillWork                                   -> FrameMessage chunks (PD and EPD workers)
 
 ``items`` hold an ``EncodedRef`` per placeholder span (embeddings computed by the encode pool) or, for a
 worker that has the encode stage itself (EP/D, EPD), a ``MediaRef`` (decoded media to encode there).
@@ -20,12 +20,12 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 from triptych_contract import Modality
 
 from triptych_workers.engines.base import (
-    DecodeStep,
     FinishReason,
     KVLayout,
     PlaceholderSpan,
     RenderedPrompt,
     SamplingParams,
+    TokenFrame,
 )
 
 VERB_ENCODE = "encode"
@@ -176,18 +176,22 @@ class DecodeWork(Message):
     sampling: SamplingMessage
 
 
-class StepMessage(Message):
+class FrameMessage(Message):
+    """A ``TokenFrame``: the tokens that were ready together travel as one reply chunk."""
+
     index: int
-    token_id: int
+    token_ids: tuple[int, ...]
     text: str
     finish_reason: FinishReason | None = None
 
     @classmethod
-    def of(cls, step: DecodeStep) -> StepMessage:
-        return cls(index=step.index, token_id=step.token_id, text=step.text, finish_reason=step.finish_reason)
+    def of(cls, frame: TokenFrame) -> FrameMessage:
+        return cls(
+            index=frame.index, token_ids=frame.token_ids, text=frame.text, finish_reason=frame.finish_reason
+        )
 
-    def unit(self) -> DecodeStep:
-        return DecodeStep(self.index, self.token_id, self.text, self.finish_reason)
+    def unit(self) -> TokenFrame:
+        return TokenFrame(self.index, self.token_ids, self.text, self.finish_reason)
 
 
 class ErrorMessage(Message):

@@ -4,9 +4,9 @@
   engine. It is what an EPD worker runs for the requests it is sent, and what a single-process server uses.
 * ``NatsPipeline`` -- the disaggregated path over the transport. The frontend orchestrates: media go to the
   encode pool (one request per item, routed by ``serving.encodeRouting``: by default to the worker whose
-  cache holds it), the embeddings' descriptors to prefill, the KV's descriptor to decode, whose steps stream
-  back. Which roles exist is the deployment's mode (E/P/D, E/PD, EP/D, EPD); text-only requests never
-  touch encode.
+  cache holds it), the embeddings' descriptors to prefill, the KV's descriptor to decode, whose token
+  frames stream back. Which roles exist is the deployment's mode (E/P/D, E/PD, EP/D, EPD); text-only
+  requests never touch encode.
 
 Encode scale-to-zero: the autoscaler may take the encode pool to 0 replicas while traffic is text-only. A
 request with media that then finds no encode worker (NATS answers "no responders") is *held*, not failed:
@@ -29,12 +29,12 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from triptych_workers.engines.base import (
-    DecodeStep,
     EncodedItem,
     Engine,
     MediaItem,
     RenderedPrompt,
     SamplingParams,
+    TokenFrame,
 )
 from triptych_workers.errors import TriptychError
 from triptych_workers.roles.common import (
@@ -52,12 +52,12 @@ from triptych_workers.roles.messages import (
     DecodeWork,
     EncodedRef,
     EncodeWork,
+    FrameMessage,
     MediaRef,
     PrefillRef,
     PrefillWork,
     PromptMessage,
     SamplingMessage,
-    StepMessage,
 )
 from triptych_workers.roles.routing import EncodeRouter, choose_encode_worker
 from triptych_workers.transport import NoResponders, Reply, RequestClient, WorkerBusy, WorkerLoad
@@ -96,8 +96,9 @@ class Pipeline(Protocol):
         sampling: SamplingParams,
         *,
         deadline: float,
-    ) -> AsyncIterator[DecodeStep]:
-        """The generated steps. ``deadline`` is ``time.monotonic()`` seconds; the caller enforces it too."""
+    ) -> AsyncIterator[TokenFrame]:
+        """The answer's token frames. ``deadline`` is ``time.monotonic()`` seconds; the caller enforces it
+        too."""
         ...
 
     def ready(self) -> bool: ...
@@ -120,19 +121,19 @@ class InProcessPipeline:
         sampling: SamplingParams,
         *,
         deadline: float,
-    ) -> AsyncIterator[DecodeStep]:
+    ) -> AsyncIterator[TokenFrame]:
         items: list[EncodedItem] = []
         for item, span in zip(media, prompt.spans, strict=True):
             items.append(await self.encoder.encode(item, span))
-        steps = self.engine.generate(prompt, items, sampling)
+        frames = self.engine.generate(prompt, items, sampling)
         try:
-            async for step in steps:
-                yield step
+            async for frame in frames:
+                yield frame
         finally:
-            await _aclose(steps)
+            await _aclose(frames)
 
 
-async def _aclose(iterator: AsyncIterator[DecodeStep]) -> None:
+async def _aclose(iterator: AsyncIterator[TokenFrame]) -> None:
     close = getattr(iterator, "aclose", None)
     if close is not None:
         await close()
@@ -220,7 +221,7 @@ class NatsPipeline:
         sampling: SamplingParams,
         *,
         deadline: float,
-    ) -> AsyncIterator[DecodeStep]:
+    ) -> AsyncIterator[TokenFrame]:
         refs: list[MediaRef] = [
             await publish_media(self._plane, item, span)
             for item, span in zip(media, prompt.spans, strict=True)
@@ -247,7 +248,7 @@ class NatsPipeline:
             )
         async with stream as replies:
             async for reply in replies:
-                yield parse_chunk(StepMessage, reply.data).unit()
+                yield parse_chunk(FrameMessage, reply.data).unit()
 
     async def _encode(self, refs: Sequence[MediaRef], deadline: float) -> list[EncodedRef]:
         hold = _EncodeHold(self._pending, self._cold_start_timeout_s, deadline)

@@ -23,11 +23,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from triptych_contract import LIVENESS_PATH, METRICS_PATH, READINESS_PATH
 
 from triptych_workers.config import Settings
-from triptych_workers.engines.base import DecodeStep, Engine, EngineError, EngineLoad, ReportsLoad
+from triptych_workers.engines.base import Engine, EngineError, EngineLoad, ReportsLoad, TokenFrame
 from triptych_workers.errors import ClientError, TriptychError
 from triptych_workers.metrics import WorkerMetrics
 from triptych_workers.roles.common import CachedEncoder, Plane, error_chunk
-from triptych_workers.roles.messages import StepMessage
+from triptych_workers.roles.messages import FrameMessage
 from triptych_workers.transport import (
     DataPlaneSettings,
     Handler,
@@ -213,29 +213,32 @@ class WorkerContext:
         finally:
             hold(0)
 
-    async def stream_steps(
-        self, steps: AsyncIterator[DecodeStep], started: float, *, kv_base: int
+    async def stream_frames(
+        self, frames: AsyncIterator[TokenFrame], started: float, *, kv_base: int
     ) -> AsyncIterator[bytes]:
-        """Steps as reply chunks, timing TTFT and inter-token latency and holding the request's KV: the
-        prompt's ``kv_base`` tokens, plus, once a step is out, every token before it (the newest token's KV
-        is written by the step that computes the next one). The gauge and the latency histograms move
-        together, between two awaits, so one scrape sees them agree."""
+        """Frames as reply chunks, timing TTFT and inter-token latency and holding the request's KV: the
+        prompt's ``kv_base`` tokens, plus, once a frame is out, every token before its last (the newest
+        token's KV is written by the step that computes the next one). A frame's tokens arrived together,
+        so the latency to the frame counts for its first token and none for the others, as a client sees
+        them. The gauge and the latency histograms move together, between two awaits, so one scrape sees
+        them agree."""
         count = 0
         last = started
         with self.holding_kv(kv_base) as hold_kv:
             try:
-                async for step in steps:
-                    now = time.monotonic()
-                    if count == 0:
-                        self.metrics.observe_ttft(now - started)
-                    else:
-                        self.metrics.observe_itl(now - last)
-                    last = now
-                    hold_kv(kv_base + count)
-                    count += 1
-                    yield StepMessage.of(step).dumps()
+                async for frame in frames:
+                    if frame.token_ids:
+                        now = time.monotonic()
+                        if count == 0:
+                            self.metrics.observe_ttft(now - started)
+                        else:
+                            self.metrics.observe_itl(now - last)
+                        last = now
+                        hold_kv(kv_base + count + len(frame) - 1)
+                        count += len(frame)
+                    yield FrameMessage.of(frame).dumps()
             finally:
-                close = getattr(steps, "aclose", None)
+                close = getattr(frames, "aclose", None)
                 if close is not None:
                     await close()
 
@@ -345,7 +348,10 @@ async def run_worker(
             )
             await server.start()
             if isinstance(engine, ReportsLoad):
-                update = metrics.follow_engine(lambda: server.queue_depth if server is not None else 0)
+                update = metrics.follow_engine(
+                    lambda: server.queue_depth if server is not None else 0,
+                    lambda: server.in_flight if server is not None else 0,
+                )
                 poller = asyncio.create_task(
                     follow_engine_load(engine, update, interval_s=config.serving.heartbeat_seconds)
                 )

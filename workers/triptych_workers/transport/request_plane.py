@@ -149,6 +149,9 @@ class ReplyStream:
         self.deadline = time.time() + timeout_s
         self._deadline_mono = time.monotonic() + timeout_s
         self._sub: Subscription | None = None
+        # The inbox's messages, put here by the subscription's callback: waiting on a queue under
+        # asyncio.timeout costs no task per message (nats-py's next_msg makes two).
+        self._inbox: asyncio.Queue[Msg] = asyncio.Queue()
         self.worker_id: str | None = None
         self._done = False
 
@@ -166,7 +169,7 @@ class ReplyStream:
             return
         nc = self._conn.client
         inbox = nc.new_inbox()
-        self._sub = await nc.subscribe(inbox)
+        self._sub = await nc.subscribe(inbox, cb=self._received)
         headers = {**self._headers, H_ID: self.id, H_DEADLINE: f"{self.deadline:.6f}"}
         await nc.publish(self._subject, self._payload, reply=inbox, headers=headers)
 
@@ -179,6 +182,9 @@ class ReplyStream:
         await self.open()
         assert self._sub is not None
         while True:
+            if self._closed():
+                self._done = True
+                raise TransportError("NATS connection closed while waiting for a reply")
             now = time.monotonic()
             remaining = self._deadline_mono - now
             if remaining <= 0:
@@ -192,12 +198,10 @@ class ReplyStream:
                     f"nothing from {who} on {self._subject} for {silent_for:.1f} s (gone or stuck)"
                 )
             try:
-                msg = await self._sub.next_msg(timeout=min(remaining, self._liveness_timeout_s - silent_for))
-            except nats.errors.TimeoutError:
-                continue  # loop re-checks the deadline and liveness, and raises
-            except nats.errors.ConnectionClosedError as exc:
-                self._done = True
-                raise TransportError("NATS connection closed while waiting for a reply") from exc
+                async with asyncio.timeout(min(remaining, self._liveness_timeout_s - silent_for)):
+                    msg = await self._inbox.get()
+            except TimeoutError:
+                continue  # loop re-checks the connection, the deadline and liveness, and raises
             headers = dict(msg.headers or {})
             if headers.get("Status") == "503":  # the server's "no responders" answer
                 self._done = True
@@ -221,6 +225,15 @@ class ReplyStream:
                 await self._unsubscribe()
                 raise _error_from(headers, msg.data)
             log.debug("ignoring reply without a known tt-kind on %s: %r", self._subject, kind)
+
+    async def _received(self, msg: Msg) -> None:
+        self._inbox.put_nowait(msg)
+
+    def _closed(self) -> bool:
+        try:
+            return bool(self._conn.client.is_closed)
+        except TransportError:
+            return True
 
     async def aclose(self) -> None:
         """Stop waiting; if the worker may still be working on it, tell it to stop."""

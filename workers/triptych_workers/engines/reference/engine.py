@@ -29,8 +29,8 @@ and its own), then greedy (argmax, first index on ties, as ``generate``), or tem
 top-p where step ``i`` draws from ``torch.Generator`` seeded with ``(seed, i)``.
 
 ``ReferenceEngine`` is the async ``Engine`` over it: one worker thread owned by the engine runs every model
-call,
-decode advances one token per hop, so leaving the async iterator stops generation at the next token.
+call, and decode advances one token per hop, so the requests a worker runs at once (``serving.concurrency``)
+interleave token by token and leaving the async iterator stops generation at the next token.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ from triptych_workers.engines.base import (
     RenderedPrompt,
     SamplingParams,
     TensorBuffer,
+    TokenFrame,
 )
 from triptych_workers.engines.reference.prompt import ReferencePrompter, smart_resize
 from triptych_workers.engines.reference.spec import AUDIO_WEIGHTS, CLIP_MEAN, CLIP_STD
@@ -459,19 +460,21 @@ class ReferenceEngine:
         result: PrefillResult = await self._run(self._model.prefill, request)
         return result
 
-    def decode(self, request: DecodeRequest) -> AsyncGenerator[DecodeStep, None]:
+    def decode(self, request: DecodeRequest) -> AsyncGenerator[TokenFrame, None]:
         return self._stream(self._model.decode, request)
 
     def generate(
         self, prompt: RenderedPrompt, items: Sequence[EncodedItem], sampling: SamplingParams
-    ) -> AsyncGenerator[DecodeStep, None]:
+    ) -> AsyncGenerator[TokenFrame, None]:
         return self._stream(self._model.generate, prompt, items, sampling)
 
-    async def _stream(self, start: Any, *args: Any) -> AsyncGenerator[DecodeStep, None]:
+    async def _stream(self, start: Any, *args: Any) -> AsyncGenerator[TokenFrame, None]:
+        """One token per hop to the engine thread: the requests a worker runs at once take turns on it
+        token by token (interleaved, each with its own KV), and leaving stops this one at the next token."""
         steps: Generator[DecodeStep, None, None] = await self._run(start, *args)
         try:
             while (step := await self._run(next, steps, None)) is not None:
-                yield step
+                yield TokenFrame.of(step)
         finally:
             await self._run(steps.close)
 

@@ -14,7 +14,10 @@ How the ``Engine`` calls map (see ``engines/base.py`` for the interface):
   while prefilling.
 - ``prefill`` (kv_producer): one token with ``do_remote_decode``; the answer's ``kv_transfer_params`` go
   into ``PrefillResult.transfer_params`` and the items into ``PrefillResult.items`` for decode.
-- ``decode`` (kv_consumer) and ``generate`` (PD, EPD): the whole answer streamed, one step per token.
+- ``decode`` (kv_consumer) and ``generate`` (PD, EPD): the whole answer streamed: one ``TokenFrame`` per
+  read of vLLM's event stream (every event that read brought: one engine step's tokens, or several steps'
+  when the sidecar fell behind), over the client's connection pool, sized for ``serving.concurrency``
+  streams at once (httpx's default pool of 100 would queue the rest inside the sidecar).
 
 vLLM's answers are checked: the prompt it expanded must be the one Triptych's frontend rendered.
 """
@@ -36,7 +39,6 @@ from triptych_contract import Modality
 
 from triptych_workers.engines.base import (
     DecodeRequest,
-    DecodeStep,
     EncodedItem,
     EncodeRequest,
     EngineError,
@@ -48,6 +50,8 @@ from triptych_workers.engines.base import (
     RenderedPrompt,
     SamplingParams,
     TensorBuffer,
+    TokenFrame,
+    coalesce,
 )
 from triptych_workers.engines.load import parse_load
 from triptych_workers.engines.vllm import protocol
@@ -56,6 +60,7 @@ from triptych_workers.engines.vllm.protocol import MediaFile
 log = logging.getLogger(__name__)
 
 HEALTH_POLL_S = 1.0
+SPARE_CONNECTIONS = 4  # beyond one per running request: /metrics reads, an encoder post
 PNG = "image/png"
 
 
@@ -90,10 +95,17 @@ class VllmEngine:
         modalities: Sequence[Modality],
         startup_timeout_s: float,
         request_timeout_s: float,
+        max_streams: int,
     ) -> VllmEngine:
         """Waits until the vLLM server beside this sidecar answers its health check (loading a model takes
-        it tens of seconds), then reads what it serves."""
-        client = httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(request_timeout_s, connect=5.0))
+        it tens of seconds), then reads what it serves. One client (one pool of kept-alive connections)
+        serves every request: ``max_streams`` at once (``serving.concurrency``), plus the load reads."""
+        pool = max_streams + SPARE_CONNECTIONS
+        client = httpx.AsyncClient(
+            base_url=url,
+            timeout=httpx.Timeout(request_timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+        )
         deadline = time.monotonic() + startup_timeout_s
         last = "no answer yet"
         while True:
@@ -185,7 +197,7 @@ class VllmEngine:
             items=request.items,
         )
 
-    def decode(self, request: DecodeRequest) -> AsyncIterator[DecodeStep]:
+    def decode(self, request: DecodeRequest) -> AsyncIterator[TokenFrame]:
         prefill = request.prefill
         spans = tuple(i.span for i in prefill.items)
         prompt = RenderedPrompt(prefill.prompt_token_ids, spans)
@@ -193,7 +205,7 @@ class VllmEngine:
 
     def generate(
         self, prompt: RenderedPrompt, items: Sequence[EncodedItem], sampling: SamplingParams
-    ) -> AsyncIterator[DecodeStep]:
+    ) -> AsyncIterator[TokenFrame]:
         return self._stream(prompt, items, sampling, None)
 
     async def _stream(
@@ -202,7 +214,7 @@ class VllmEngine:
         items: Sequence[EncodedItem],
         sampling: SamplingParams,
         kv_transfer_params: Mapping[str, Any] | None,
-    ) -> AsyncIterator[DecodeStep]:
+    ) -> AsyncIterator[TokenFrame]:
         body = protocol.generate_body(
             prompt.token_ids,
             prompt.spans,
@@ -212,20 +224,23 @@ class VllmEngine:
             stream=True,
             kv_transfer_params=kv_transfer_params,
         )
-        reader = protocol.StreamReader()
+        reader, lines = protocol.StreamReader(), protocol.SseLines()
+        checked = False
         # Leaving this generator (a cancel from the frontend) closes the response: vLLM aborts the request.
         async with self._client.stream("POST", protocol.GENERATE_PATH, json=body) as response:
             if response.status_code != 200:
                 raise protocol.error_of(
                     response.status_code, (await response.aread()).decode(errors="replace")
                 )
-            async for line in response.aiter_lines():
-                for step in reader.feed(line):
-                    if step.index == 0:
-                        protocol.check_expanded(prompt.token_ids, reader.prompt_token_ids)
-                    yield step
-            for step in reader.close():
-                yield step
+            # Every event that one read brought is ready now: their tokens go on as one frame.
+            async for data in response.aiter_bytes():
+                frames = [frame for line in lines.feed(data) for frame in reader.feed(line)]
+                if not frames:
+                    continue
+                if not checked:
+                    protocol.check_expanded(prompt.token_ids, reader.prompt_token_ids)
+                    checked = True
+                yield coalesce(frames)
 
     async def read_load(self) -> EngineLoad:
         """vLLM's own load gauges (its ``/metrics``), for the sidecar's contract metrics."""

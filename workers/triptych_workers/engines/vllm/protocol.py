@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from triptych_workers.engines.base import (
-    DecodeStep,
     EngineError,
     FinishReason,
     PlaceholderSpan,
     SamplingParams,
+    TokenFrame,
     UnsupportedModalityError,
 )
 from triptych_workers.engines.load import LoadGauges
@@ -193,21 +193,30 @@ def error_of(status: int, text: str) -> Exception:
     return EngineError(f"vLLM answered {status}: {message[:500]}")
 
 
-class StreamReader:
-    """Turns the SSE events of a streamed generate answer into ``DecodeStep``s, one per token.
+class SseLines:
+    """Splits the bytes of an event stream into its lines as they arrive (a read may end mid-line)."""
 
-    A chunk may carry several tokens (vLLM batches deltas): its text goes with the last of them. The last
-    step is held back until the next event, because vLLM may send the finish reason in an event of its own
-    after the last token; ``close`` gives it out at the end. The prompt ids ride in the first chunk
-    (``return_token_ids``) and are kept for ``check_expanded``."""
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        *lines, self._rest = (self._rest + data).split(b"\n")
+        return [line.rstrip(b"\r").decode() for line in lines]
+
+
+class StreamReader:
+    """Turns the SSE events of a streamed generate answer into ``TokenFrame``s, one per event that carries
+    tokens, text or the finish reason (vLLM sends one event per engine step, holding every token that step
+    made). Nothing is held back: a finish reason that comes in an event of its own after the last token
+    is a frame without tokens. The prompt ids ride in the first event (``return_token_ids``) and are kept
+    for ``check_expanded``."""
 
     def __init__(self) -> None:
         self.index = 0
         self.prompt_token_ids: list[int] | None = None
         self.done = False
-        self._held: DecodeStep | None = None
 
-    def feed(self, line: str) -> Iterator[DecodeStep]:
+    def feed(self, line: str) -> Iterator[TokenFrame]:
         if not line.startswith("data:"):
             return
         data = line[len("data:") :].strip()
@@ -222,23 +231,12 @@ class StreamReader:
         if chunk.get("prompt_token_ids") is not None:
             self.prompt_token_ids = list(chunk["prompt_token_ids"])
         for choice in chunk.get("choices") or []:
-            ids = [int(t) for t in choice.get("token_ids") or []]
+            ids = tuple(int(t) for t in choice.get("token_ids") or ())
             finish = _finish(choice.get("finish_reason"))
             text = choice.get("text") or ""
-            for n, token in enumerate(ids):
-                if self._held is not None:
-                    yield self._held
-                last = n == len(ids) - 1
-                self._held = DecodeStep(self.index, token, text if last else "")
-                self.index += 1
-            if finish is not None and self._held is not None:
-                held, self._held = self._held, None
-                yield DecodeStep(held.index, held.token_id, held.text + (text if not ids else ""), finish)
-
-    def close(self) -> Iterator[DecodeStep]:
-        if self._held is not None:
-            held, self._held = self._held, None
-            yield held
+            if ids or text or finish is not None:
+                yield TokenFrame(self.index, ids, text, finish)
+                self.index += len(ids)
 
 
 def _finish(reason: object) -> FinishReason | None:

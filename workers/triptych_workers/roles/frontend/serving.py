@@ -28,12 +28,12 @@ from starlette.types import Receive, Scope, Send
 
 from triptych_workers.config import WorkerConfig
 from triptych_workers.engines.base import (
-    DecodeStep,
     FinishReason,
     MediaItem,
     Prompter,
     RenderedPrompt,
     SamplingParams,
+    TokenFrame,
 )
 from triptych_workers.metrics import Outcome, WorkerMetrics
 from triptych_workers.protocol import (
@@ -97,17 +97,17 @@ def _token_biases(logit_bias: Mapping[str, float]) -> Iterator[tuple[int, float]
         yield token_id, bias
 
 
-async def next_before(steps: AsyncIterator[DecodeStep], deadline: float) -> DecodeStep | None:
-    """The next step, ``None`` at the end, ``DeadlineExceeded`` past ``deadline`` (monotonic)."""
+async def next_before(frames: AsyncIterator[TokenFrame], deadline: float) -> TokenFrame | None:
+    """The next frame, ``None`` at the end, ``DeadlineExceeded`` past ``deadline`` (monotonic)."""
     try:
         async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-            return await anext(steps, None)
+            return await anext(frames, None)
     except TimeoutError as exc:
         raise DeadlineExceeded from exc
 
 
-async def _aclose(steps: AsyncIterator[DecodeStep]) -> None:
-    close = getattr(steps, "aclose", None)
+async def _aclose(frames: AsyncIterator[TokenFrame]) -> None:
+    close = getattr(frames, "aclose", None)
     if close is not None:
         with contextlib.suppress(Exception):
             await close()
@@ -198,13 +198,13 @@ class Output:
 
 @dataclass(frozen=True)
 class _Started(Generic[RequestT]):
-    """A request whose generation has begun (its first step already read): what answering it needs."""
+    """A request whose generation has begun (its first frame already read): what answering it needs."""
 
     body: RequestT
     request_id: str
     prompt: RenderedPrompt
-    first: DecodeStep | None
-    steps: AsyncIterator[DecodeStep]
+    first: TokenFrame | None
+    frames: AsyncIterator[TokenFrame]
     deadline: float
 
 
@@ -250,20 +250,20 @@ class OpenAIServing(ABC, Generic[RequestT]):
         deadline = arrived + self.context.config.serving.request_timeout_seconds
         admission = self.context.admission
         admission.admit()
-        steps: AsyncIterator[DecodeStep] | None = None
+        frames: AsyncIterator[TokenFrame] | None = None
         try:
             sampling = sampling_from(body, self.max_tokens(body))  # refused before any media is fetched
             prompt, media = await until_disconnect(request.receive, self._prepare(body, deadline))
-            steps = self.context.pipeline.generate(prompt, media, sampling, deadline=deadline)
-            first = await until_disconnect(request.receive, next_before(steps, deadline))
+            frames = self.context.pipeline.generate(prompt, media, sampling, deadline=deadline)
+            first = await until_disconnect(request.receive, next_before(frames, deadline))
         except BaseException as exc:
-            if steps is not None:
-                await _aclose(steps)
+            if frames is not None:
+                await _aclose(frames)
             admission.release("cancelled" if isinstance(exc, asyncio.CancelledError) else error_body(exc)[2])
             raise
         if first is not None:
             self.context.metrics.observe_ttft(time.monotonic() - arrived)
-        started = _Started(body, self.id_prefix + uuid.uuid4().hex, prompt, first, steps, deadline)
+        started = _Started(body, self.id_prefix + uuid.uuid4().hex, prompt, first, frames, deadline)
         if body.stream:
             return self._stream(started)
         return await self._collect(request, started)
@@ -276,33 +276,35 @@ class OpenAIServing(ABC, Generic[RequestT]):
         async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
             return await self.render(body)
 
-    async def _rest(self, started: _Started[RequestT]) -> AsyncIterator[DecodeStep]:
-        steps, deadline = started.steps, started.deadline
-        step, last = started.first, time.monotonic()
-        while step is not None:
-            yield step
-            if step.finish_reason is not None:
+    async def _rest(self, started: _Started[RequestT]) -> AsyncIterator[TokenFrame]:
+        frames, deadline = started.frames, started.deadline
+        frame, last = started.first, time.monotonic()
+        while frame is not None:
+            yield frame
+            if frame.finish_reason is not None:
                 # Read on to the end of the reply stream (the worker's end marker follows the last step at
                 # once): leaving before it cancels, on the worker, a request that has in fact succeeded, and
                 # the worker would count it as cancelled.
                 with contextlib.suppress(DeadlineExceeded):
-                    await next_before(steps, min(deadline, time.monotonic() + END_GRACE_S))
+                    await next_before(frames, min(deadline, time.monotonic() + END_GRACE_S))
                 return
-            step = await next_before(steps, deadline)
-            now = time.monotonic()
-            if step is not None:
+            frame = await next_before(frames, deadline)
+            if frame is not None and frame.token_ids:
+                now = time.monotonic()
                 self.context.metrics.observe_itl(now - last)
-            last = now
+                last = now
 
     async def _collect(self, request: Request, started: _Started[RequestT]) -> Response:
         outcome: Outcome = "error"
 
         async def collect() -> tuple[str, list[int], FinishReason | None]:
-            text, token_ids, finish = [], [], None
-            async for step in self._rest(started):
-                text.append(step.text)
-                token_ids.append(step.token_id)
-                finish = step.finish_reason
+            text: list[str] = []
+            token_ids: list[int] = []
+            finish: FinishReason | None = None
+            async for frame in self._rest(started):
+                text.append(frame.text)
+                token_ids += frame.token_ids
+                finish = frame.finish_reason
             return "".join(text), token_ids, finish
 
         try:
@@ -315,7 +317,7 @@ class OpenAIServing(ABC, Generic[RequestT]):
             outcome = error_body(exc)[2]
             raise
         finally:
-            await _aclose(started.steps)
+            await _aclose(started.frames)
             self.context.admission.release(outcome)
         ids = started.body.return_token_ids
         output = Output(
@@ -330,8 +332,9 @@ class OpenAIServing(ABC, Generic[RequestT]):
     def _stream(self, started: _Started[RequestT]) -> Response:
         request_id, ids = started.request_id, started.body.return_token_ids
         outcome: list[Outcome] = ["cancelled"]
-        # return_token_ids: the prompt's ids ride in the first event, each token's id in the event that
-        # carries its text (a token with no text of its own waits for the next event that goes out).
+        # One event per frame (the tokens that were ready together). return_token_ids: the prompt's ids ride
+        # in the first event, each token's id in the event that carries its text (a frame with no text of
+        # its own waits for the next event that goes out).
         prompt_ids = list(started.prompt.token_ids) if ids else None
 
         def output(text: str, finish: FinishReason | None, token_ids: list[int] | None) -> Output:
@@ -348,12 +351,12 @@ class OpenAIServing(ABC, Generic[RequestT]):
                 prompt_ids = None  # the opening event carried them
                 yield opening
             try:
-                async for step in self._rest(started):
-                    count += 1
-                    pending.append(step.token_id)
-                    if step.text or step.finish_reason:
+                async for frame in self._rest(started):
+                    count += len(frame)
+                    pending += frame.token_ids
+                    if frame.text or frame.finish_reason:
                         yield self.chunk(
-                            request_id, output(step.text, step.finish_reason, pending if ids else None)
+                            request_id, output(frame.text, frame.finish_reason, pending if ids else None)
                         )
                         pending = []
                 if pending and ids:  # the stream ended on tokens without text
@@ -369,7 +372,7 @@ class OpenAIServing(ABC, Generic[RequestT]):
             yield SSE_DONE
 
         async def cleanup() -> None:
-            await _aclose(started.steps)
+            await _aclose(started.frames)
             self.context.admission.release(outcome[0])
 
         return _Stream(events(), cleanup)
