@@ -4,11 +4,12 @@ processes in E/P/D, E/PD and EPD modes, driven by the official ``openai`` client
 Proves: the same greedy request gives the same tokens in every mode and equals one in-process engine, with
 sampling penalties too (their token history crosses the split); images (data URL), video and audio travel
 the whole path; metrics move, and the cache utilizations the autoscaler reads are exact under known load;
-killing an encode worker gives the
-client an error within the deadline, never a hang; restarting NATS recovers without restarting workers; a
-worker told to stop (SIGTERM) drains: it finishes the answer it is streaming while the other takes new work;
-an encode pool at zero replicas holds an image request (counted in the pending gauge the autoscaler wakes the
-pool on) until an encode worker starts, or answers 503 after the cold-start timeout, while text flows.
+workers that run several requests at once give each of eight concurrent streams exactly its answer alone;
+killing an encode worker gives the client an error within the deadline, never a hang; restarting NATS
+recovers without restarting workers; a worker told to stop (SIGTERM) drains: it finishes the answer it is
+streaming while the other takes new work; an encode pool at zero replicas holds an image request (counted in
+the pending gauge the autoscaler wakes the pool on) until an encode worker starts, or answers 503 after the
+cold-start timeout, while text flows.
 """
 
 from __future__ import annotations
@@ -220,6 +221,70 @@ def test_same_tokens_in_every_mode(
                 "triptych_transfer_bytes_total{" in scraped
                 or "triptych_transfer_bytes_total{" in dep.frontend.metrics()
             )
+
+
+CONCURRENT_STREAMS = 8
+REFERENCE_MAX_NUM_SEQS = 8  # what the operator writes for the reference backend's roles by default
+
+
+def _timed_answer(client: openai.OpenAI, content: Any, max_tokens: int) -> tuple[Answer, float, float]:
+    """The streamed answer with when its first token and its end reached this client (monotonic)."""
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": content}],
+        stream=True,
+        temperature=0,
+        max_tokens=max_tokens,
+        extra_body={"return_token_ids": True, "ignore_eos": True},
+    )
+    text: list[str] = []
+    token_ids: list[int] = []
+    prompt_ids: list[int] = []
+    first = 0.0
+    for chunk in stream:
+        prompt_ids.extend((chunk.model_extra or {}).get("prompt_token_ids") or [])
+        for choice in chunk.choices:
+            text.append(choice.delta.content or "")
+            ids = (choice.model_extra or {}).get("token_ids") or []
+            if ids and not token_ids:
+                first = time.monotonic()
+            token_ids.extend(ids)
+    return Answer("".join(text), token_ids, prompt_ids), first, time.monotonic()
+
+
+def test_concurrent_streams_answer_as_one_at_a_time(
+    tmp_path: Path, nats: NatsServerProcess, model_dir: Path
+) -> None:
+    """E/P/D with the workers running as many requests at once as the operator lets the reference backend
+    (8): eight streams at once, half with images, get exactly the tokens each gets alone (prompt ids too),
+    and they really ran together: at some moment at least half of them were streaming (between their first
+    token and their end) at once, which one request at a time per worker can never give."""
+    contents: list[Any] = [
+        image_content(png(30 + i)) if i % 2 else f"{TEXT} Number {i}." for i in range(CONCURRENT_STREAMS)
+    ]
+    max_tokens = 24
+    for dep in _deploy(tmp_path, nats, model_dir, "E/P/D", concurrency=REFERENCE_MAX_NUM_SEQS):
+        client = dep.client(timeout=120)
+        alone = [_timed_answer(client, content, max_tokens)[0] for content in contents]
+        assert all(len(a.token_ids) == max_tokens for a in alone)
+        results: list[tuple[Answer, float, float] | BaseException | None] = [None] * len(contents)
+
+        def run(i: int, client: openai.OpenAI = client, results: list[Any] = results) -> None:
+            try:
+                results[i] = _timed_answer(client, contents[i], max_tokens)
+            except BaseException as exc:
+                results[i] = exc
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(contents))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=150)
+        together = [r for r in results if isinstance(r, tuple)]
+        assert len(together) == len(contents), results
+        assert [answer for answer, _, _ in together] == alone
+        most_at_once = max(sum(1 for _, first, end in together if first <= at < end) for _, at, _ in together)
+        assert most_at_once >= CONCURRENT_STREAMS // 2, [(f, e) for _, f, e in together]
 
 
 @pytest.mark.parametrize("decode_images_on", ["frontend", "encode"])
