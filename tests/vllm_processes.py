@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,9 @@ def role_args(role: str, ec_dir: Path) -> list[str]:
         ]  # fmt: skip
     if role == "decode":
         return ["--kv-transfer-config", json.dumps({**kv, "kv_role": "kv_consumer"})]
-    return []  # plain
+    if role == "pd":  # E/PD: it prefills and decodes, the encoder output from the encode role's files
+        return ["--ec-transfer-config", json.dumps({**ec, "ec_role": "ec_consumer"})]
+    return []  # plain (and EPD, where the one vLLM does it all)
 
 
 @dataclass
@@ -87,14 +90,18 @@ def _progress_hook(tmp: Path) -> Path:
     return hook
 
 
-def start_vllm(python: Path, tmp: Path, role: str, model_dir: Path, *, served: str) -> VllmServer:
-    """One server for ``role`` (encode, prefill, decode, or plain), its log ``tmp/<role>.log``."""
+def start_vllm(
+    python: Path, tmp: Path, role: str, model_dir: Path, *, served: str, extra_args: Sequence[str] = ()
+) -> VllmServer:
+    """One server for ``role`` (encode, prefill, decode, pd, or plain) with ``extra_args`` added to its
+    command line, its log ``tmp/<role>.log``."""
     name = role
     port = free_port()
     nixl_port = free_port()
     args = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
     args += ["--served-model-name", served, "--host", "127.0.0.1", "--port", str(port), "--enable-scale-out"]
     args += role_args(role, tmp / "ec")
+    args += extra_args
     env = {
         **os.environ,
         "VLLM_TARGET_DEVICE": "cpu",
