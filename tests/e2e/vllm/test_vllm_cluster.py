@@ -9,13 +9,16 @@ mmdeploy`` shows every role, and the official ``openai`` client's streamed answe
 have the plain server's token ids, generated and prompt. In E/P/D the same image again is an encoder-cache
 hit: Triptych's encode worker answers from its cache without calling its vLLM (whose request count stays
 put), and the prefill vLLM's own multimodal cache counts a hit; every sidecar's /metrics carries the
-contract's load figures read from its vLLM's. Every wait has a deadline; nothing connects to a kwok pod.
+contract's load figures read from its vLLM's. In EPD, 16 streamed image requests at once all answer while
+vLLM's own gauge shows it running more than one. Every wait has a deadline; nothing connects to a kwok pod.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -210,14 +213,50 @@ def serving_like_plain_vllm(
             raise AssertionError(f"{exc!r}\n{_logs(kube, namespace)}") from exc
 
 
-@pytest.mark.parametrize(
-    ("file", "mode"), [("vllm-cpu-epd.yaml", "EPD"), ("vllm-cpu-e-pd.yaml", "E/PD")], ids=["EPD", "E-PD"]
-)
-def test_mode_answers_with_plain_vllms_tokens(
-    kube: Kube, namespace: str, plain: dict[str, Answer], file: str, mode: str
-) -> None:
-    with serving_like_plain_vllm(kube, namespace, file, mode, plain):
+def test_e_pd_answers_with_plain_vllms_tokens(kube: Kube, namespace: str, plain: dict[str, Answer]) -> None:
+    with serving_like_plain_vllm(kube, namespace, "vllm-cpu-e-pd.yaml", "E/PD", plain):
         pass
+
+
+CONCURRENT_STREAMS = 16
+CONCURRENT_TOKENS = 32
+
+
+def test_epd_answers_like_plain_vllm_and_vllm_batches_concurrent_streams(
+    kube: Kube, namespace: str, plain: dict[str, Answer]
+) -> None:
+    """EPD (one vLLM behind its sidecar): the plain server's tokens; then 16 streamed image requests at once,
+    each with its own image, all answer in full, and vLLM's own ``vllm:num_requests_running`` (read from its
+    /metrics while they run) exceeds 1: the sidecar hands vLLM many requests at once (maxNumSeqs' default),
+    so vLLM batches them, instead of feeding it one at a time."""
+    with serving_like_plain_vllm(kube, namespace, "vllm-cpu-epd.yaml", "EPD", plain) as (pods, client):
+        outcomes: list[Answer | BaseException] = []
+
+        def ask(seed: int) -> None:
+            try:
+                content = _image_content(_data_url(_png(seed)))
+                outcomes.append(
+                    streamed_answer(client, MODEL, content, max_tokens=CONCURRENT_TOKENS, ignore_eos=True)
+                )
+            except BaseException as exc:
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=ask, args=(100 + i,)) for i in range(CONCURRENT_STREAMS)]
+        for thread in threads:
+            thread.start()
+        running: list[float] = []
+        deadline = time.monotonic() + 300
+        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+            text = _engine_metrics(kube, namespace, pods["decode"])
+            running.append(_counter(text, "vllm:num_requests_running"))
+            time.sleep(0.2)
+        for thread in threads:
+            thread.join(timeout=30)
+        failed = [o for o in outcomes if not isinstance(o, Answer)]
+        assert not failed, failed
+        assert len(outcomes) == CONCURRENT_STREAMS
+        assert all(len(o.token_ids) == CONCURRENT_TOKENS for o in outcomes if isinstance(o, Answer))
+        assert max(running, default=0) > 1, f"vLLM never ran more than one request at once: {running}"
 
 
 def test_e_p_d_answers_with_plain_vllms_tokens_and_hits_the_encoder_cache(
