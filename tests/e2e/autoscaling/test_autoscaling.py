@@ -63,7 +63,7 @@ NAMESPACE = "triptych-autoscaling"
 INTERVAL = 5  # spec.autoscaling.evaluationIntervalSeconds (the default)
 PREFILL_WINDOW = 20  # prefill's scale-down stabilization window in this test
 ENCODE_WINDOW = 10
-LOAD_CONCURRENCY = 8  # requests kept outstanding on prefill (concurrency 1 per worker: the rest queue)
+LOAD_CONCURRENCY = 8  # requests kept outstanding on prefill (maxNumSeqs 1 per worker: the rest queue)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,13 @@ def _mmdeploy() -> dict[str, Any]:
             "roles": {
                 "frontend": {"replicas": 1},
                 "encode": {"replicas": 1, "autoscaling": _auto(0, 1, {"queueDepth": 2}, ENCODE_WINDOW)},
-                "prefill": {"replicas": 1, "autoscaling": _auto(1, 2, {"queueDepth": 2}, PREFILL_WINDOW)},
+                # One request at a time per prefill pod (not the reference default of 8), so that the
+                # load below queues and the queue depth drives the scaling.
+                "prefill": {
+                    "replicas": 1,
+                    "maxNumSeqs": 1,
+                    "autoscaling": _auto(1, 2, {"queueDepth": 2}, PREFILL_WINDOW),
+                },
                 "decode": {"replicas": 1, "autoscaling": _auto(1, 2, {"queueDepth": 8})},
             },
         },
