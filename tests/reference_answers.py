@@ -5,6 +5,7 @@ workers (and the pods' init containers) write. Imports torch: use from modules t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,22 @@ def streamed_answer(
     ``return_token_ids`` so the generated and the prompt's token ids can be compared, not just the text
     (and ``ignore_eos``, for an answer of exactly ``max_tokens`` tokens; ``sampling``: more request fields,
     as the client writes them, e.g. ``{"logit_bias": {"7": 100}}``)."""
+    answer, _, _ = timed_streamed_answer(
+        client, model, content, max_tokens=max_tokens, ignore_eos=ignore_eos, sampling=sampling
+    )
+    return answer
+
+
+def timed_streamed_answer(
+    client: openai.OpenAI,
+    model: str,
+    content: Any,
+    *,
+    max_tokens: int,
+    ignore_eos: bool = False,
+    sampling: Mapping[str, Any] | None = None,
+) -> tuple[Answer, float, float]:
+    """``streamed_answer``, with when its first token and its end reached this client (monotonic)."""
     stream = client.chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": content}],
@@ -85,9 +102,13 @@ def streamed_answer(
     text: list[str] = []
     token_ids: list[int] = []
     prompt_token_ids: list[int] = []
+    first = 0.0
     for chunk in stream:
         prompt_token_ids.extend((chunk.model_extra or {}).get("prompt_token_ids") or [])
         for choice in chunk.choices:
             text.append(choice.delta.content or "")
-            token_ids.extend((choice.model_extra or {}).get("token_ids") or [])
-    return Answer("".join(text), token_ids, prompt_token_ids)
+            ids = (choice.model_extra or {}).get("token_ids") or []
+            if ids and not token_ids:
+                first = time.monotonic()
+            token_ids.extend(ids)
+    return Answer("".join(text), token_ids, prompt_token_ids), first, time.monotonic()

@@ -45,7 +45,7 @@ from triptych_workers.engines.reference.spec import ReferenceSpec, default_model
 from tests.integration.workers.conftest import NATS_SERVER_BINARY, NatsServerProcess
 from tests.kube import wait_for
 from tests.media_factory import encode_image, indexed_video, noise_array, sine, wav_bytes
-from tests.reference_answers import Answer, greedy_answers, streamed_answer
+from tests.reference_answers import Answer, greedy_answers, streamed_answer, timed_streamed_answer
 from tests.worker_processes import (
     MODEL,
     Proc,
@@ -228,28 +228,7 @@ REFERENCE_MAX_NUM_SEQS = 8  # what the operator writes for the reference backend
 
 
 def _timed_answer(client: openai.OpenAI, content: Any, max_tokens: int) -> tuple[Answer, float, float]:
-    """The streamed answer with when its first token and its end reached this client (monotonic)."""
-    stream = client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": content}],
-        stream=True,
-        temperature=0,
-        max_tokens=max_tokens,
-        extra_body={"return_token_ids": True, "ignore_eos": True},
-    )
-    text: list[str] = []
-    token_ids: list[int] = []
-    prompt_ids: list[int] = []
-    first = 0.0
-    for chunk in stream:
-        prompt_ids.extend((chunk.model_extra or {}).get("prompt_token_ids") or [])
-        for choice in chunk.choices:
-            text.append(choice.delta.content or "")
-            ids = (choice.model_extra or {}).get("token_ids") or []
-            if ids and not token_ids:
-                first = time.monotonic()
-            token_ids.extend(ids)
-    return Answer("".join(text), token_ids, prompt_ids), first, time.monotonic()
+    return timed_streamed_answer(client, MODEL, content, max_tokens=max_tokens, ignore_eos=True)
 
 
 def test_concurrent_streams_answer_as_one_at_a_time(
