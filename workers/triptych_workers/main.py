@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # httpx logs every request at INFO: a sidecar reads its engine's /metrics every heartbeat.
+    # httpx logs every request at INFO: a sidecar reads its engine's /metrics at every scrape of its own.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     role: RoleName = args.role
     try:

@@ -11,7 +11,7 @@ pool with no worker (``pending``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -122,6 +122,7 @@ class WorkerMetrics:
         )
         self._encoder_cache: _EncoderCacheCollector | None = None
         self._engine_reports = False
+        self._before_scrape: Callable[[], Awaitable[None]] | None = None
         # Every series exists from the start, so a scrape before the first request sees zeros, not gaps.
         self.in_flight.set(0)
         self.queue_depth.set(0)
@@ -155,23 +156,30 @@ class WorkerMetrics:
             self._kv.labels(self.role, self.deployment).set(fraction)
 
     def follow_engine(
-        self, local_queue: Callable[[], int], local_in_flight: Callable[[], int]
-    ) -> Callable[[EngineLoad], None]:
-        """For a sidecar whose engine is its own server: from now on the KV utilization is the engine's own
-        figure, the queue depth is ``local_queue()`` (the sidecar's own queue) plus the requests waiting
-        inside the engine, and in-flight is what the engine runs: the requests the sidecar has handed it
-        (``local_in_flight()``) less those still waiting there, so a request counts once, as waiting or as
-        running, as of the last ``EngineLoad`` given to the returned function."""
+        self,
+        read_load: Callable[[], Awaitable[EngineLoad | None]],
+        local_queue: Callable[[], int],
+        local_in_flight: Callable[[], int],
+    ) -> None:
+        """For a sidecar whose engine is its own server: from now on every scrape (``scrape``) first reads
+        the engine's load (``read_load``; ``None``, a failed read, keeps the last figures), so nothing polls
+        the engine between scrapes and what a scrape shows is as of that scrape. The KV utilization is the
+        engine's own figure, the queue depth is ``local_queue()`` (the sidecar's own queue) plus the
+        requests waiting inside the engine, and in-flight is what the engine runs: the requests the sidecar
+        has handed it (``local_in_flight()``) less those still waiting there, so a request counts once, as
+        waiting or as running."""
         self._engine_reports = True
         waiting = [0]
 
-        def update(load: EngineLoad) -> None:
-            waiting[0] = load.waiting
-            self._kv.labels(self.role, self.deployment).set(load.kv_cache_usage)
+        async def refresh() -> None:
+            load = await read_load()
+            if load is not None:
+                waiting[0] = load.waiting
+                self._kv.labels(self.role, self.deployment).set(load.kv_cache_usage)
 
+        self._before_scrape = refresh
         self.queue_depth.set_function(lambda: local_queue() + waiting[0])
         self.in_flight.set_function(lambda: max(0, local_in_flight() - waiting[0]))
-        return update
 
     @contextlib.contextmanager
     def pending(self, role: str) -> Iterator[None]:
@@ -192,5 +200,12 @@ class WorkerMetrics:
         self.registry.register(self._encoder_cache)
 
     def exposition(self) -> bytes:
-        """The registry in Prometheus' text format (what ``/metrics`` serves)."""
+        """The registry in Prometheus' text format, as it stands."""
         return generate_latest(self.registry)
+
+    async def scrape(self) -> bytes:
+        """What ``/metrics`` serves: the registry after reading what is read at scrape time (an engine
+        server's own load, see ``follow_engine``)."""
+        if self._before_scrape is not None:
+            await self._before_scrape()
+        return self.exposition()

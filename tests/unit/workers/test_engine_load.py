@@ -4,6 +4,8 @@ tests/integration/backends); and how a sidecar turns that load into the contract
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from triptych_contract import METRIC_IN_FLIGHT, METRIC_KV_CACHE_UTILIZATION, METRIC_QUEUE_DEPTH
@@ -56,22 +58,41 @@ def test_usage_is_clamped_to_one() -> None:
 
 
 def test_a_sidecar_counts_each_request_once_as_waiting_or_running() -> None:
-    """The contract's gauges of a sidecar whose engine batches: queue depth is the sidecar's own queue plus
-    the engine's waiting requests; in-flight is what the engine runs (handed to it, not waiting there)."""
+    """The contract's gauges of a sidecar whose engine batches, as one scrape shows them: queue depth is the
+    sidecar's own queue plus the engine's waiting requests; in-flight is what the engine runs (handed to
+    it, not waiting there). The engine is read at the scrape, and only then."""
     metrics = WorkerMetrics("decode", "d")
     local = {"queued": 2, "handed": 10}
-    update = metrics.follow_engine(lambda: local["queued"], lambda: local["handed"])
-    update(EngineLoad(waiting=3, running=7, kv_cache_usage=0.5))
+    engine: list[EngineLoad | None] = [EngineLoad(waiting=3, running=7, kv_cache_usage=0.5)]
+    reads = []
+
+    async def read_load() -> EngineLoad | None:
+        reads.append(engine[0])
+        return engine[0]
+
+    metrics.follow_engine(read_load, lambda: local["queued"], lambda: local["handed"])
+    assert reads == []  # nothing is read until a scrape asks
     labels = {"role": "decode", "deployment": "d"}
-    assert _sample(metrics, METRIC_QUEUE_DEPTH, labels) == 5
-    assert _sample(metrics, METRIC_IN_FLIGHT, labels) == 7
-    assert _sample(metrics, METRIC_KV_CACHE_UTILIZATION, labels) == 0.5
+    text = asyncio.run(metrics.scrape())
+    assert len(reads) == 1
+    assert _sample(text, METRIC_QUEUE_DEPTH, labels) == 5
+    assert _sample(text, METRIC_IN_FLIGHT, labels) == 7
+    assert _sample(text, METRIC_KV_CACHE_UTILIZATION, labels) == 0.5
     local["handed"] = 1  # the engine's figure is older than the sidecar's: never below zero
-    assert _sample(metrics, METRIC_IN_FLIGHT, labels) == 0
+    engine[0] = None  # a failed read keeps the last figures
+    text = asyncio.run(metrics.scrape())
+    assert len(reads) == 2
+    assert _sample(text, METRIC_IN_FLIGHT, labels) == 0
+    assert _sample(text, METRIC_QUEUE_DEPTH, labels) == 5
+    assert _sample(text, METRIC_KV_CACHE_UTILIZATION, labels) == 0.5
+    engine[0] = EngineLoad(waiting=0, running=1, kv_cache_usage=0.25)
+    text = asyncio.run(metrics.scrape())
+    assert (_sample(text, METRIC_QUEUE_DEPTH, labels), _sample(text, METRIC_IN_FLIGHT, labels)) == (2, 1)
+    assert _sample(text, METRIC_KV_CACHE_UTILIZATION, labels) == 0.25
 
 
-def _sample(metrics: WorkerMetrics, name: str, labels: dict[str, str]) -> float | None:
-    for family in text_string_to_metric_families(metrics.exposition().decode()):
+def _sample(text: bytes, name: str, labels: dict[str, str]) -> float | None:
+    for family in text_string_to_metric_families(text.decode()):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)

@@ -123,7 +123,7 @@ def probe_app(metrics: WorkerMetrics, ready: Callable[[], bool]) -> FastAPI:
 
     @app.get(METRICS_PATH)
     async def prometheus() -> Response:
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        return Response(await metrics.scrape(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -272,28 +272,26 @@ def instrumented(handler: Handler, metrics: WorkerMetrics) -> Handler:
 HandlerFactory = Callable[[WorkerContext], Mapping[str, Handler]]
 
 
-async def _cancelled(task: asyncio.Task[None] | None) -> None:
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+class EngineLoadReader:
+    """Reads an engine server's own load for the contract's metrics, at each scrape of the sidecar's
+    ``/metrics`` (``WorkerMetrics.follow_engine``): no timer, so the engine renders its ``/metrics`` only as
+    often as Prometheus or the autoscaler asks. A failed read gives ``None`` (the last figures stay) and is
+    logged once until reads work again."""
 
+    def __init__(self, engine: ReportsLoad) -> None:
+        self._engine = engine
+        self._failing = False
 
-async def follow_engine_load(
-    engine: ReportsLoad, update: Callable[[EngineLoad], None], *, interval_s: float
-) -> None:
-    """Reads an engine server's own load every ``interval_s`` into the contract's metrics (until
-    cancelled). A failed read keeps the last figures and is logged once until reads work again."""
-    failing = False
-    while True:
+    async def __call__(self) -> EngineLoad | None:
         try:
-            update(await engine.read_load())
-            failing = False
+            load = await self._engine.read_load()
         except EngineError as exc:
-            if not failing:
+            if not self._failing:
                 log.warning("cannot read the engine's load (keeping the last figures): %s", exc)
-            failing = True
-        await asyncio.sleep(interval_s)
+            self._failing = True
+            return None
+        self._failing = False
+        return load
 
 
 async def run_worker(
@@ -319,7 +317,6 @@ async def run_worker(
         conn: NatsConnection | None = None
         plane: TransferPlane | None = None
         server: WorkerServer | None = None
-        poller: asyncio.Task[None] | None = None
         try:
             conn = await connect_nats(settings, name=settings.worker_id)
             state["conn"] = conn
@@ -348,12 +345,10 @@ async def run_worker(
             )
             await server.start()
             if isinstance(engine, ReportsLoad):
-                update = metrics.follow_engine(
+                metrics.follow_engine(
+                    EngineLoadReader(engine),
                     lambda: server.queue_depth if server is not None else 0,
                     lambda: server.in_flight if server is not None else 0,
-                )
-                poller = asyncio.create_task(
-                    follow_engine_load(engine, update, interval_s=config.serving.heartbeat_seconds)
                 )
             state["serving"] = True
             log.info(
@@ -367,7 +362,6 @@ async def run_worker(
             log.info("stopping: draining in-flight work (up to %.0f s)", config.serving.drain_timeout_seconds)
         finally:
             state["serving"] = False
-            await _cancelled(poller)
             if server is not None:
                 await server.close()
             if plane is not None:
