@@ -227,6 +227,38 @@ async def test_busy_rejection_and_queue_depth(
         await worker.close()
 
 
+async def test_a_burst_up_to_capacity_is_accepted_while_consumers_are_idle(
+    conns: Callable[[], Awaitable[NatsConnection]], metrics: TransportMetrics
+) -> None:
+    """concurrency + queue_capacity requests sent at once, every consumer idle: all accepted, the first
+    `concurrency` run at once, the rest wait (queue depth); one more is refused. (A burst reaches the worker
+    in one callback run, before any idle consumer takes a request: a queue bounded at queue_capacity refused
+    all but the first queue_capacity of these, as seen under vLLM's benchmark client at 32 streams.)"""
+    gate = Gate()
+    settings = WorkerSettings(concurrency=8, queue_capacity=2, heartbeat_interval_s=0.1)
+    worker = WorkerServer(
+        await conns(), SUBJECTS, "decode", "w1", {"run": gate.handler}, settings=settings, metrics=metrics
+    )
+    await worker.start()
+    try:
+        client = RequestClient(await conns(), SUBJECTS)
+        streams = [client.stream("decode", "run", b"%d" % i, timeout_s=20) for i in range(10)]
+        await asyncio.gather(*(stream.open() for stream in streams))
+        assert await wait_until(lambda: worker.in_flight == 8 and worker.queue_depth == 2)
+        with pytest.raises(WorkerBusy):
+            await client.call("decode", "run", b"overflow", timeout_s=5)
+        labels = {"role": "decode", "deployment": "demo"}
+        assert metrics.registry.get_sample_value("triptych_requests_rejected_total", labels) == 1
+        gate.open.set()
+        for stream in streams:
+            async with stream:
+                assert [r.data async for r in stream] == [b"first", b"second"]
+        assert await wait_until(lambda: worker.queue_depth == 0 and worker.in_flight == 0)
+    finally:
+        gate.open.set()
+        await worker.close()
+
+
 async def test_direct_subject_and_heartbeats(conns: Callable[[], Awaitable[NatsConnection]]) -> None:
     settings = WorkerSettings(heartbeat_interval_s=0.1)
     workers = [

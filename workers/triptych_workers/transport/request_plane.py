@@ -402,7 +402,9 @@ class WorkerServer:
         for verb in self._handlers:
             subjects.role(role, verb)
             subjects.worker(role, worker_id, verb)
-        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=self.settings.queue_capacity)
+        # Unbounded: the bound is on accepted work (running + queued, see _on_request), not on this queue,
+        # which also holds, for an instant, requests an idle consumer has not yet taken.
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
         self._cancelled_queued: set[str] = set()
         self._queued_ids: set[str] = set()  # asyncio.Queue has no public view of its items
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -413,8 +415,11 @@ class WorkerServer:
 
     @property
     def queue_depth(self) -> int:
-        """Requests accepted and waiting (cancelled ones not counted): the role's queue depth."""
-        return max(0, self._queue.qsize() - len(self._cancelled_queued))
+        """Requests accepted and waiting for a free slot (cancelled ones not counted): the role's queue
+        depth. A request in the queue while a consumer is idle is about to run, not waiting."""
+        waiting = self._queue.qsize() - len(self._cancelled_queued)
+        idle = self.settings.concurrency - len(self._running)
+        return max(0, waiting - max(0, idle))
 
     @property
     def in_flight(self) -> int:
@@ -503,10 +508,11 @@ class WorkerServer:
             await self._send(msg.reply, request_id, KIND_ERROR, f"cannot take {verb!r}".encode(), code=code)
             return
         request = Request(id=request_id, verb=verb, payload=msg.data, headers=headers, deadline=deadline)
-        try:
-            self._queue.put_nowait(_Queued(request, msg.reply))
-            self._queued_ids.add(request.id)
-        except asyncio.QueueFull:
+        # The bound counts what was accepted and has not ended, not the queue's length: a burst of messages
+        # is handled in this callback without a yield, before any idle consumer takes one, so a bounded
+        # queue would refuse a burst of queue_capacity + 1 requests while every consumer sat idle.
+        accepted = self._queue.qsize() + len(self._running)
+        if accepted >= self.settings.concurrency + self.settings.queue_capacity:
             if self._metrics:
                 self._metrics.rejected.labels(self.role, self.subjects.deployment).inc()
             await self._send(
@@ -517,6 +523,8 @@ class WorkerServer:
                 code=CODE_BUSY,
             )
             return
+        self._queue.put_nowait(_Queued(request, msg.reply))
+        self._queued_ids.add(request.id)
         self._publish_gauges()
         self._held[request.id] = msg.reply
         await self._send(msg.reply, request_id, KIND_ACCEPTED, b"")

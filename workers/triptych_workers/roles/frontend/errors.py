@@ -57,6 +57,7 @@ def error_body(exc: BaseException) -> tuple[int, ErrorResponse, Outcome]:
         )
         return 504, ErrorResponse(error=info), "timeout"
     if isinstance(exc, WorkerLost | RequestCancelled):
+        log.warning("request failed, its worker lost (503): %s: %s", type(exc).__name__, exc)
         # Not the client's cancellation (a client that left gets no answer at all): the worker holding the
         # request was shut down past its drain deadline, died or froze. Another worker can serve a retry.
         info = ErrorInfo(
@@ -66,11 +67,14 @@ def error_body(exc: BaseException) -> tuple[int, ErrorResponse, Outcome]:
         )
         return 503, ErrorResponse(error=info), "busy"
     if isinstance(exc, PoolUnavailable):
+        log.warning("request refused (503): %s", exc)
         # The request waited for a pool scaled to zero (or starting) that did not come up in time: say so,
         # the message names the role and the wait. No Retry-After: this handler's responses carry no headers.
         info = ErrorInfo(message=str(exc), type="service_unavailable", code="pool_unavailable")
         return 503, ErrorResponse(error=info), "busy"
     if isinstance(exc, Overloaded | WorkerBusy | NoResponders):
+        # At INFO: under overload there is one per refused request, the expected answer, not a fault.
+        log.info("request refused (503): %s: %s", type(exc).__name__, exc)
         info = ErrorInfo(
             message="the service is overloaded or has no worker for this request; retry later",
             type="service_unavailable",
