@@ -91,10 +91,18 @@ def _progress_hook(tmp: Path) -> Path:
 
 
 def start_vllm(
-    python: Path, tmp: Path, role: str, model_dir: Path, *, served: str, extra_args: Sequence[str] = ()
+    python: Path,
+    tmp: Path,
+    role: str,
+    model_dir: Path,
+    *,
+    served: str,
+    extra_args: Sequence[str] = (),
+    omp_threads: int | None = None,
 ) -> VllmServer:
     """One server for ``role`` (encode, prefill, decode, pd, or plain) with ``extra_args`` added to its
-    command line, its log ``tmp/<role>.log``."""
+    command line, its log ``tmp/<role>.log``; ``omp_threads``: its engine's OpenMP (torch) threads, else
+    torch's default (one per core of the machine)."""
     name = role
     port = free_port()
     nixl_port = free_port()
@@ -114,6 +122,8 @@ def start_vllm(
         "UCX_NET_DEVICES": "lo",
         "HF_HUB_OFFLINE": "1",
     }
+    if omp_threads is not None:
+        env["OMP_NUM_THREADS"] = str(omp_threads)
     if role in ("prefill", "decode"):
         # As in the vLLM image (images/worker-vllm's .pth line) and the operator's CPU kv roles: NIXL's
         # progress thread waits between polls instead of spinning a core per engine.
