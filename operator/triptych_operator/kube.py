@@ -29,10 +29,10 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from triptych_contract import API_GROUP, API_VERSION, KIND, LABEL_DEPLOYMENT, PLURAL
 
+from triptych_operator.api import ROLE_KIND, ROLE_PLURAL
 from triptych_operator.builders.objects import GPU_PRODUCT_LABEL
 from triptych_operator.naming import FIELD_MANAGER, MANAGED_BY, SEED_FIELD_MANAGER
 from triptych_operator.plan import ChildRef, NodeFacts
-from triptych_operator.spec import ROLE_KIND, ROLE_PLURAL
 
 BODY_LIMIT = 512  # characters of a response body kept in an error message
 REQUEST_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds: no request may hang a reconcile forever

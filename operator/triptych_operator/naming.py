@@ -19,7 +19,7 @@ from triptych_contract import (
     Backend,
 )
 
-from triptych_operator.spec import Role
+from triptych_operator.api import Role
 
 APP_NAME = "triptych"
 MANAGED_BY = "triptych-operator"

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from triptych_contract import LABEL_ROLE
 
+from triptych_operator.api import ROLE_KIND, MultimodalDeploymentSpec, Role
 from triptych_operator.builders import build_children
 from triptych_operator.builders.objects import GPU_PRODUCT_LABEL
-from triptych_operator.spec import ROLE_KIND, MultimodalDeploymentSpec, Role
 from triptych_operator.status import (
     BLOCKER_REASONS,
     READY,

@@ -436,9 +436,9 @@ def _floor_children(kube: Kube, names: Iterable[str], namespace: str) -> list[di
     """The children the operator would create for `names` in `namespace`, from its own (pure) builders with
     the settings the installed operator reads from its Deployment's env; owner references removed (no owner
     exists)."""
+    from triptych_operator.api import parse_resource
     from triptych_operator.plan import NodeFacts, plan_children
     from triptych_operator.settings import OperatorSettings
-    from triptych_operator.spec import parse_resource
 
     operator = kube.json("get", "deployment", "triptych-operator", "-n", OPERATOR_NS)
     containers = operator["spec"]["template"]["spec"]["containers"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from triptych_operator.api import MultimodalDeploymentSpec
 from triptych_operator.builders.objects import (
     build_config_map,
     build_deployment,
@@ -18,7 +19,6 @@ from triptych_operator.builders.objects import (
     config_hash,
     worker_config,
 )
-from triptych_operator.spec import MultimodalDeploymentSpec
 
 if TYPE_CHECKING:  # settings build their defaults from the backend profiles: no runtime import
     from triptych_operator.settings import OperatorSettings

@@ -39,6 +39,7 @@ from triptych_contract import (
 )
 from triptych_contract.networks import allowed_ip_blocks
 
+from triptych_operator.api import ROLE_KIND, MultimodalDeploymentSpec, Role, WorkerRole, parse_quantity
 from triptych_operator.builders.backends import BackendProfile, EngineCommand, PodContext, profile_for
 from triptych_operator.naming import (
     API_VERSION_FULL,
@@ -51,7 +52,6 @@ from triptych_operator.naming import (
     selector_labels,
     service_host,
 )
-from triptych_operator.spec import ROLE_KIND, MultimodalDeploymentSpec, Role, WorkerRole, parse_quantity
 
 if TYPE_CHECKING:  # settings build their defaults from the backend profiles: no runtime import
     from triptych_operator.settings import OperatorSettings

@@ -13,10 +13,10 @@ from typing import Any
 import kopf
 from triptych_contract import API_GROUP, API_VERSION, KIND, LABEL_DEPLOYMENT, PLURAL
 
+from triptych_operator.api import ROLE_KIND, ROLE_PLURAL
 from triptych_operator.handlers.reconcile import Reconciler
 from triptych_operator.kube import Permission
 from triptych_operator.naming import MANAGED_BY
-from triptych_operator.spec import ROLE_KIND, ROLE_PLURAL
 
 # Watched with our labels: drift in the children, and pod state (scheduling, image pulls) for status.
 CHILDREN = (

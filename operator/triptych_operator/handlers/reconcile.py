@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 import kopf
 from triptych_contract import LABEL_ROLE
 
+from triptych_operator.api import ROLE_KIND, MultimodalDeploymentSpec, Role, SpecError, parse_resource
 from triptych_operator.autoscaler.evaluate import Autoscaler, needs_evaluation
 from triptych_operator.autoscaler.metrics import AutoscalerMetrics
 from triptych_operator.autoscaler.observe import RolePods, current_template_hashes, role_pods
@@ -74,7 +75,6 @@ from triptych_operator.plan import (
     role_scale_status,
 )
 from triptych_operator.settings import OperatorSettings
-from triptych_operator.spec import ROLE_KIND, MultimodalDeploymentSpec, Role, SpecError, parse_resource
 
 logger = logging.getLogger(__name__)
 

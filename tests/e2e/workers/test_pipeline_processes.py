@@ -29,9 +29,9 @@ import openai
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from triptych_operator.api import parse_spec
 from triptych_operator.builders import build_role
 from triptych_operator.settings import OperatorSettings
-from triptych_operator.spec import parse_spec
 
 pytest.importorskip("torch")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from triptych_operator.api import parse_spec
 from triptych_operator.builders import build_children
 from triptych_operator.settings import OperatorSettings
-from triptych_operator.spec import parse_spec
 
 from tests.backend_cases import serving_specs, uncovered
 from tests.conftest import REPO

@@ -8,11 +8,11 @@ from typing import Any, get_args
 import pytest
 import yaml
 from triptych_contract import Backend
+from triptych_operator.api import Role, WorkerRole, parse_spec
 from triptych_operator.builders import build_role
 from triptych_operator.builders.backends import PROFILES, profile_for
 from triptych_operator.builders.backends.base import SIDECAR_RESOURCES, EngineServerProfile
 from triptych_operator.settings import OperatorSettings
-from triptych_operator.spec import Role, WorkerRole, parse_spec
 
 SETTINGS = OperatorSettings.from_env({})
 GPU_BACKENDS = ("vllm", "sglang", "trtllm")

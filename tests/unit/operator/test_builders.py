@@ -8,9 +8,9 @@ from typing import Any, cast
 
 import pytest
 import yaml
+from triptych_operator.api import Role, parse_resource, parse_spec
 from triptych_operator.builders import build_children, build_role, build_service
 from triptych_operator.settings import OperatorSettings
-from triptych_operator.spec import Role, parse_resource, parse_spec
 
 ROOT = Path(__file__).resolve().parents[3]
 GOLDEN = Path(__file__).resolve().parent / "golden"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from triptych_operator.api import parse_spec
 from triptych_operator.plan import (
     ChildRef,
     Event,
@@ -22,7 +23,6 @@ from triptych_operator.plan import (
     stale_children,
 )
 from triptych_operator.settings import OperatorSettings
-from triptych_operator.spec import parse_spec
 
 SETTINGS = OperatorSettings.from_env({})
 NO_NODES = NodeFacts(frozenset(), frozenset())

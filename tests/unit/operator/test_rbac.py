@@ -20,9 +20,9 @@ import pytest
 import yaml
 from triptych_contract import API_GROUP, API_VERSION, PLURAL
 from triptych_operator import kube
+from triptych_operator.api import ROLE_KIND
 from triptych_operator.handlers import CHILDREN, KOPF_PERMISSIONS
 from triptych_operator.plan import ChildRef
-from triptych_operator.spec import ROLE_KIND
 
 ROOT = Path(__file__).resolve().parents[3]
 GEN_RBAC = ROOT / "hack" / "gen-rbac"

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 from triptych_contract import CONFIG_DIR
+from triptych_operator.api import parse_spec
 from triptych_operator.builders import build_children
 from triptych_operator.settings import OperatorSettings
-from triptych_operator.spec import parse_spec
 
 from tests.backend_cases import serving_specs, uncovered
 

@@ -32,7 +32,7 @@ from triptych_contract import (
     Backend,
 )
 
-from triptych_operator.spec import MultimodalDeploymentSpec, Role, RoleBase, WorkerRole
+from triptych_operator.api import MultimodalDeploymentSpec, Role, RoleBase, WorkerRole
 
 MODEL_MOUNT = "/models"
 # The builtin model (model.source.builtin, and always the reference backend's): the worker image writes it.

@@ -9,6 +9,7 @@ shared volume is needed. A `model.source.pvc` is mounted instead when given.
 
 from __future__ import annotations
 
+from triptych_operator.api import MultimodalDeploymentSpec
 from triptych_operator.builders.backends.base import (
     BUILTIN_MODEL_DIR,
     FRONTEND_REQUESTS,
@@ -18,7 +19,6 @@ from triptych_operator.builders.backends.base import (
     PodParts,
     main_worker_container,
 )
-from triptych_operator.spec import MultimodalDeploymentSpec
 
 # What `hack/images build worker-reference` imports into the local cluster's node.
 REFERENCE_IMAGE = "localhost/triptych/worker-reference:dev"

@@ -13,9 +13,9 @@ from typing import Any
 
 from triptych_contract import CONFIG_DIR, ENGINE_PORT
 
+from triptych_operator.api import MultimodalDeploymentSpec, Role, WorkerRole
 from triptych_operator.builders.backends.base import ALL_INTERFACES, EngineCommand, EngineServerProfile
 from triptych_operator.builders.backends.disaggregation import role_flags
-from triptych_operator.spec import MultimodalDeploymentSpec, Role, WorkerRole
 
 IMAGE = "localhost/triptych-worker-trtllm:0.1.0"
 ENGINE_CONFIG_FILE = "engine.yaml"

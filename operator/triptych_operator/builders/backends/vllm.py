@@ -33,6 +33,7 @@ import hashlib
 
 from triptych_contract import ENGINE_PORT
 
+from triptych_operator.api import MultimodalDeploymentSpec, Role, WorkerRole
 from triptych_operator.builders.backends.base import (
     ALL_INTERFACES,
     FRONTEND_REQUESTS,
@@ -47,7 +48,6 @@ from triptych_operator.builders.backends.base import (
     pod_ip_env,
 )
 from triptych_operator.builders.backends.disaggregation import role_flags
-from triptych_operator.spec import MultimodalDeploymentSpec, Role, WorkerRole
 
 # What `hack/images build worker-vllm` imports into the local cluster's node: the CPU build. A GPU cluster
 # sets the operator's vllm image (chart value images.vllm) to a CUDA build of vLLM with triptych-workers.
