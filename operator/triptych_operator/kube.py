@@ -29,10 +29,16 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from triptych_contract import API_GROUP, API_VERSION, KIND, LABEL_DEPLOYMENT, PLURAL
 
-from triptych_operator.api import ROLE_KIND, ROLE_PLURAL
-from triptych_operator.builders.objects import GPU_PRODUCT_LABEL
+from triptych_operator.api import ROLE_PLURAL
+from triptych_operator.cluster import (
+    CHILD_KINDS,
+    DEPLOYMENT,
+    GPU_PRODUCT_LABEL,
+    ROLE_SCALE,
+    ChildRef,
+    NodeFacts,
+)
 from triptych_operator.naming import FIELD_MANAGER, MANAGED_BY, SEED_FIELD_MANAGER
-from triptych_operator.plan import ChildRef, NodeFacts
 
 BODY_LIMIT = 512  # characters of a response body kept in an error message
 REQUEST_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds: no request may hang a reconcile forever
@@ -128,15 +134,15 @@ def _status_error(  # noqa: PLR0911 - one return per status class
 
 # ------------------------------------------------------------------------------------------------ paths
 
-# The kinds the builders produce, with their API paths (no discovery needed: they are core kinds).
+# The API paths of the kinds the builders produce (cluster.CHILD_KINDS; no discovery needed: they are core
+# kinds and our own). A unit test keeps the two the same.
 _PATHS: dict[tuple[str, str], tuple[str, str]] = {
-    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
+    DEPLOYMENT: ("/apis/apps/v1", "deployments"),
     ("v1", "Service"): ("/api/v1", "services"),
     ("v1", "ConfigMap"): ("/api/v1", "configmaps"),
-    (f"{API_GROUP}/{API_VERSION}", ROLE_KIND): (f"/apis/{API_GROUP}/{API_VERSION}", ROLE_PLURAL),
+    ROLE_SCALE: (f"/apis/{API_GROUP}/{API_VERSION}", ROLE_PLURAL),
     ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies"),
 }
-CHILD_KINDS: tuple[tuple[str, str], ...] = tuple(_PATHS)
 _CR_PREFIX = f"/apis/{API_GROUP}/{API_VERSION}"
 
 
@@ -553,7 +559,6 @@ class Kube:
 
 __all__ = [
     "API_PERMISSIONS",
-    "CHILD_KINDS",
     "VERBS",
     "Conflict",
     "Forbidden",

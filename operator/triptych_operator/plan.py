@@ -17,13 +17,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from triptych_contract import LABEL_ROLE
 
 from triptych_operator.api import ROLE_KIND, MultimodalDeploymentSpec, Role
 from triptych_operator.builders import build_children
-from triptych_operator.builders.objects import GPU_PRODUCT_LABEL
+from triptych_operator.cluster import GPU_PRODUCT_LABEL, ChildRef, NodeFacts
+from triptych_operator.naming import Owner
+from triptych_operator.settings import OperatorSettings
 from triptych_operator.status import (
     BLOCKER_REASONS,
     READY,
@@ -37,32 +39,8 @@ from triptych_operator.status import (
     status_to_dict,
 )
 
-if TYPE_CHECKING:
-    from triptych_operator.settings import OperatorSettings
-
 DEFAULT_RDMA_RESOURCE = "rdma/ib"
 Json = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class NodeFacts:
-    """What the planner needs to know about nodes: extended resources any node can allocate (RDMA for
-    transport auto) and the GPU products present (to explain an unschedulable gpuProduct)."""
-
-    resources: frozenset[str]
-    gpu_products: frozenset[str]
-    fake_nodes: frozenset[str] = frozenset()  # kwok's: their pods are never connected to
-
-
-@dataclass(frozen=True)
-class ChildRef:
-    """One existing child as listed: enough to tell whether it is still desired and to delete it."""
-
-    api_version: str
-    kind: str
-    name: str
-    uid: str
-    controller_uid: str | None
 
 
 @dataclass(frozen=True)
@@ -101,10 +79,8 @@ def rdma_available(spec: MultimodalDeploymentSpec, facts: NodeFacts) -> bool:
     return (rdma.resource if rdma is not None else DEFAULT_RDMA_RESOURCE) in facts.resources
 
 
-def plan_children(  # noqa: PLR0917 - the owner's identity, its spec, and what was read about the cluster
-    name: str,
-    namespace: str,
-    uid: str,
+def plan_children(
+    owner: Owner,
     spec: MultimodalDeploymentSpec,
     settings: OperatorSettings,
     facts: NodeFacts,
@@ -114,15 +90,9 @@ def plan_children(  # noqa: PLR0917 - the owner's identity, its spec, and what w
 ) -> Plan:
     """Desired children of one MultimodalDeployment, and which of `existing` to prune."""
     desired = build_children(
-        name,
-        namespace,
-        uid,
-        spec,
-        settings,
-        rdma_available=rdma_available(spec, facts),
-        replicas=replicas,
+        owner, spec, settings, rdma_available=rdma_available(spec, facts), replicas=replicas
     )
-    return Plan(tuple(desired), tuple(stale_children(existing, desired, uid)))
+    return Plan(tuple(desired), tuple(stale_children(existing, desired, owner.uid)))
 
 
 def child_refs(listed: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]) -> list[ChildRef]:
@@ -369,9 +339,7 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> Json:
 
 
 __all__ = [
-    "ChildRef",
     "Event",
-    "NodeFacts",
     "Plan",
     "StatusUpdate",
     "applied_marker",

@@ -15,7 +15,9 @@ The names below are the ones the rest of the operator uses; the modules hold the
 
 from __future__ import annotations
 
-from triptych_operator.api.base import MAX_NAME_LENGTH, WORKER_ROLES, Device, Mode, Role, WorkerRoleName
+from triptych_contract.backends import Device
+
+from triptych_operator.api.base import MAX_NAME_LENGTH, WORKER_ROLES, Mode, Role, WorkerRoleName
 from triptych_operator.api.multimodal_role import (
     ROLE_KIND,
     ROLE_PLURAL,

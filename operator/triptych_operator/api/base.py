@@ -17,7 +17,6 @@ Role = Literal["frontend", "encode", "prefill", "decode"]
 WorkerRoleName = Literal["encode", "prefill", "decode"]
 Transport = Literal["auto", "rdma", "tcp"]
 Mode = Literal["E/P/D", "E/PD", "EP/D", "EPD"]
-Device = Literal["gpu", "cpu"]
 WORKER_ROLES: tuple[WorkerRoleName, ...] = ("encode", "prefill", "decode")
 
 # Every derived object is named `<name>-<role>` (naming.py) and Services, which must be DNS-1035 labels, are

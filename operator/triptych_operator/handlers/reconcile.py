@@ -54,13 +54,12 @@ from triptych_operator.api import ROLE_KIND, MultimodalDeploymentSpec, Role, Spe
 from triptych_operator.autoscaler.evaluate import Autoscaler, needs_evaluation
 from triptych_operator.autoscaler.metrics import AutoscalerMetrics
 from triptych_operator.autoscaler.observe import RolePods, current_template_hashes, role_pods
+from triptych_operator.cluster import CHILD_KINDS, DEPLOYMENT, ROLE_SCALE, ChildRef, NodeFacts
 from triptych_operator.handlers.cache import ObjectCache
 from triptych_operator.handlers.metrics import ReconcileMetrics
-from triptych_operator.kube import CHILD_KINDS, Forbidden, Invalid, Kube, KubeError, TooManyRequests
-from triptych_operator.naming import API_VERSION_FULL, selector_labels
+from triptych_operator.kube import Forbidden, Invalid, Kube, KubeError, TooManyRequests
+from triptych_operator.naming import Owner, selector_labels
 from triptych_operator.plan import (
-    ChildRef,
-    NodeFacts,
     StatusUpdate,
     applied_marker,
     child_refs,
@@ -83,8 +82,6 @@ RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)  # child-event re-queues 
 TICK_S = 1.0  # the autoscaler loop's resolution (evaluation intervals are whole seconds)
 EVALUATION_SLOTS = 8  # evaluations at once, over every MultimodalDeployment
 PEERING_CHECK_S = 5.0  # how often the loop asks whether this process is the working peer
-DEPLOYMENT = ("apps/v1", "Deployment")
-ROLE_SCALE = (API_VERSION_FULL, ROLE_KIND)
 T = TypeVar("T")
 
 
@@ -546,7 +543,7 @@ class Reconciler:
         decided = self.autoscaler.decided(key) if self.autoscaler is not None else {}
         replicas = plan_replicas(spec, live, listed.get(ROLE_SCALE, []), decided)
         plan = plan_children(
-            name, namespace, owner["metadata"]["uid"], spec, self.settings, facts, existing,
+            Owner(name, namespace, owner["metadata"]["uid"]), spec, self.settings, facts, existing,
             replicas={str(r): n for r, n in replicas.items()},
         )  # fmt: skip
         deployments, role_scales = self._apply(key, plan.desired, replicas)

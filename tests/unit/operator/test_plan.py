@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from triptych_operator.api import parse_spec
+from triptych_operator.cluster import ChildRef, NodeFacts
+from triptych_operator.naming import Owner
 from triptych_operator.plan import (
-    ChildRef,
     Event,
-    NodeFacts,
     applied_marker,
     child_refs,
     drifted,
@@ -54,7 +54,7 @@ def _listed(*refs: tuple[str, str, str, str]) -> dict[tuple[str, str], list[dict
 
 
 def test_create_plans_every_role_and_prunes_nothing() -> None:
-    plan = plan_children("x", "ns", "owner", _spec(encode={}, decode={}), SETTINGS, NO_NODES)
+    plan = plan_children(Owner("x", "ns", "owner"), _spec(encode={}, decode={}), SETTINGS, NO_NODES)
     assert _names(plan.desired) == [
         (kind, f"x-{role}")
         for role in ("frontend", "encode", "decode")
@@ -72,7 +72,7 @@ def test_update_with_a_removed_role_prunes_its_children_only() -> None:
             ("v1", "ConfigMap", "x-encode", "someone-else"),  # our labels, another controller: untouched
         )
     )
-    plan = plan_children("x", "ns", "owner", _spec(decode={}), SETTINGS, NO_NODES, existing)
+    plan = plan_children(Owner("x", "ns", "owner"), _spec(decode={}), SETTINGS, NO_NODES, existing)
     assert [(r.kind, r.name, r.uid) for r in plan.prune] == [
         ("Deployment", "x-encode", "uid-x-encode"),
         ("Service", "x-encode", "uid-x-encode"),
@@ -82,7 +82,7 @@ def test_update_with_a_removed_role_prunes_its_children_only() -> None:
 
 def test_replicas_decided_elsewhere_reach_the_deployment() -> None:
     plan = plan_children(
-        "x", "ns", "o", _spec(decode={"replicas": 2}), SETTINGS, NO_NODES, replicas={"decode": 7}
+        Owner("x", "ns", "o"), _spec(decode={"replicas": 2}), SETTINGS, NO_NODES, replicas={"decode": 7}
     )
     (decode,) = [c for c in plan.desired if c["kind"] == "Deployment" and c["metadata"]["name"] == "x-decode"]
     assert decode["spec"]["replicas"] == 7
@@ -93,7 +93,7 @@ def test_transport_auto_follows_the_nodes() -> None:
     with_rdma = NodeFacts(frozenset({"rdma/ib"}), frozenset())
 
     def decode_env(facts: NodeFacts) -> dict[str, str]:
-        plan = plan_children("x", "ns", "o", spec, SETTINGS, facts)
+        plan = plan_children(Owner("x", "ns", "o"), spec, SETTINGS, facts)
         dep = next(
             c for c in plan.desired if c["kind"] == "Deployment" and c["metadata"]["name"] == "x-decode"
         )

@@ -19,11 +19,11 @@ import pytest
 from triptych_contract import METRIC_QUEUE_DEPTH
 from triptych_operator.autoscaler.evaluate import Autoscaler
 from triptych_operator.autoscaler.sources import PodMetrics
+from triptych_operator.cluster import CHILD_KINDS, ChildRef, NodeFacts
 from triptych_operator.handlers import reconcile as reconcile_module
 from triptych_operator.handlers.cache import ObjectCache
 from triptych_operator.handlers.reconcile import Reconciler
-from triptych_operator.kube import CHILD_KINDS, ServerError
-from triptych_operator.plan import ChildRef, NodeFacts
+from triptych_operator.kube import ServerError
 from triptych_operator.settings import OperatorSettings
 
 NS, NAME, UID = "ns", "x", "owner-uid"

@@ -18,13 +18,9 @@ from triptych_operator.builders.backends.base import (
 )
 from triptych_operator.builders.backends.disaggregation import role_flags
 
-IMAGE = "localhost/triptych-worker-sglang:0.1.0"
-
 
 class SglangProfile(EngineServerProfile):
     name = "sglang"
-    default_image = IMAGE
-    shm_size = "16Gi"
     max_num_seqs_flag = "--max-running-requests"
 
     def command(self, spec: MultimodalDeploymentSpec, role: Role, worker: WorkerRole) -> EngineCommand:
