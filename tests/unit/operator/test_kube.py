@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from triptych_operator import kube
+from triptych_operator.cluster import CHILD_KINDS
 
 
 @pytest.mark.parametrize(
@@ -50,3 +51,7 @@ def test_status_codes_map_to_types(status: int, kind: type[kube.KubeError], tran
 )
 def test_request_metrics_name_the_resource_as_rbac_does(path: str, resource: str) -> None:
     assert kube.resource_of(path) == resource
+
+
+def test_every_child_kind_has_an_api_path_and_nothing_else_does() -> None:
+    assert tuple(kube._PATHS) == CHILD_KINDS
