@@ -1,8 +1,8 @@
 """The planner: what one reconcile should do, decided without I/O.
 
-The Reconciler (`handlers/reconcile.py`) reads the cluster through the kube module, hands what it read to
-the functions here, and carries out what they return; `kube.py` only moves bytes. Like LWS's
-`planner.ComputeNextStep`, each decision is a pure function of its inputs, unit-tested on its own:
+The Reconciler (`handlers/paths.py`) reads the cluster (`handlers/reads.py`), hands what it read to the
+functions here, and carries out what they return (`handlers/executor.py`); `kube.py` only moves bytes.
+Like LWS's `planner.ComputeNextStep`, each decision is a pure function of its inputs, unit-tested on its own:
 
 - `plan_children`: desired children (built by the builders) and the prune set (children we control that
   are no longer desired) -> a `Plan`;

@@ -1,5 +1,6 @@
-"""kopf glue, and nothing else: each handler is a decorator, a docstring and one await into the Reconciler
-(`handlers/reconcile.py`). Handlers return None (kopf would copy a return value into `.status`).
+"""The kopf glue (this module, the only one that registers handlers): each handler is a decorator, a docstring
+and one await into the Reconciler (`handlers/reconcile.py`, whose rooms are the rest of this package).
+Handlers return None (kopf would copy a return value into `.status`).
 
 Handlers are registered on an explicit registry built by `build_registry()` (not kopf's global one at import
 time), and kopf's settings come from `kopf_settings()`; `main` wires both with the Reconciler in kopf's memo.
