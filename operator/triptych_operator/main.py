@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     kube = Kube.from_environment(connections=settings.concurrency, observe=reconcile_metrics.observe_request)
     logging.getLogger(__name__).info(
         "worker images: %s; concurrency %d, resync every %d s",
-        settings.images, settings.concurrency, settings.resync_seconds,
+        settings.worker_images(), settings.concurrency, settings.resync_seconds,
     )  # fmt: skip
     priority = peering_priority(args.priority, random.randrange(PRIORITY_SPREAD))  # noqa: S311
     if args.metrics_port:

@@ -9,6 +9,8 @@ and the backend label go beside them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from triptych_contract import (
     API_GROUP,
     API_VERSION,
@@ -19,7 +21,7 @@ from triptych_contract import (
     Backend,
 )
 
-from triptych_operator.spec import Role
+from triptych_operator.api import Role
 
 APP_NAME = "triptych"
 MANAGED_BY = "triptych-operator"
@@ -27,6 +29,16 @@ FIELD_MANAGER = "triptych-operator"
 # Only for a new MultimodalRole's first spec.replicas (kube.seed_replicas): never used by the main apply.
 SEED_FIELD_MANAGER = "triptych-operator-seed"
 API_VERSION_FULL = f"{API_GROUP}/{API_VERSION}"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The MultimodalDeployment every child belongs to: what each child's name, namespace and owner
+    reference are made from."""
+
+    name: str
+    namespace: str
+    uid: str
 
 
 def child_name(name: str, role: Role) -> str:

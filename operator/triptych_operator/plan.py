@@ -1,12 +1,15 @@
 """The planner: what one reconcile should do, decided without I/O.
 
-The Reconciler (`handlers/reconcile.py`) reads the cluster through the kube module, hands what it read to
-the functions here, and carries out what they return; `kube.py` only moves bytes. Like LWS's
-`planner.ComputeNextStep`, each decision is a pure function of its inputs, unit-tested on its own:
+The Reconciler (`handlers/paths.py`) reads the cluster (`handlers/reads.py`), hands what it read to the
+functions here, and carries out what they return (`handlers/executor.py`); `kube.py` only moves bytes.
+Like LWS's `planner.ComputeNextStep`, each decision is a pure function of its inputs, unit-tested on its own:
 
 - `plan_children`: desired children (built by the builders) and the prune set (children we control that
   are no longer desired) -> a `Plan`;
 - `applied_marker` / `drifted`: whether a child event shows a change we did not make (drift to repair);
+- `unchanged_since_applied`: whether an apply may be skipped; `manual_scales`: which Deployments someone
+  else scaled, and what the autoscaler adopts; `children_to_read` / `children_for_status`: what to list;
+  `retry_delay`: the backoff of a re-queued request;
 - `pod_blockers` (+ `needs_node_facts`): what keeps pods from running, for `Stalled`;
 - `plan_status` / `plan_invalid`: the new status (or None when nothing changed), the Events its condition
   flips deserve, and the merge patch that writes it.
@@ -14,16 +17,27 @@ the functions here, and carries out what they return; `kube.py` only moves bytes
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from triptych_contract import LABEL_ROLE
 
+from triptych_operator.api import ROLE_KIND, MultimodalDeploymentSpec, Role
 from triptych_operator.builders import build_children
-from triptych_operator.builders.objects import GPU_PRODUCT_LABEL
-from triptych_operator.spec import ROLE_KIND, MultimodalDeploymentSpec, Role
+from triptych_operator.cluster import (
+    CHILD_KINDS,
+    DEPLOYMENT,
+    GPU_PRODUCT_LABEL,
+    ROLE_SCALE,
+    ChildRef,
+    NodeFacts,
+)
+from triptych_operator.naming import Owner
+from triptych_operator.settings import OperatorSettings
 from triptych_operator.status import (
     BLOCKER_REASONS,
     READY,
@@ -37,32 +51,8 @@ from triptych_operator.status import (
     status_to_dict,
 )
 
-if TYPE_CHECKING:
-    from triptych_operator.settings import OperatorSettings
-
 DEFAULT_RDMA_RESOURCE = "rdma/ib"
 Json = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class NodeFacts:
-    """What the planner needs to know about nodes: extended resources any node can allocate (RDMA for
-    transport auto) and the GPU products present (to explain an unschedulable gpuProduct)."""
-
-    resources: frozenset[str]
-    gpu_products: frozenset[str]
-    fake_nodes: frozenset[str] = frozenset()  # kwok's: their pods are never connected to
-
-
-@dataclass(frozen=True)
-class ChildRef:
-    """One existing child as listed: enough to tell whether it is still desired and to delete it."""
-
-    api_version: str
-    kind: str
-    name: str
-    uid: str
-    controller_uid: str | None
 
 
 @dataclass(frozen=True)
@@ -101,10 +91,8 @@ def rdma_available(spec: MultimodalDeploymentSpec, facts: NodeFacts) -> bool:
     return (rdma.resource if rdma is not None else DEFAULT_RDMA_RESOURCE) in facts.resources
 
 
-def plan_children(  # noqa: PLR0917 - the owner's identity, its spec, and what was read about the cluster
-    name: str,
-    namespace: str,
-    uid: str,
+def plan_children(
+    owner: Owner,
     spec: MultimodalDeploymentSpec,
     settings: OperatorSettings,
     facts: NodeFacts,
@@ -114,15 +102,9 @@ def plan_children(  # noqa: PLR0917 - the owner's identity, its spec, and what w
 ) -> Plan:
     """Desired children of one MultimodalDeployment, and which of `existing` to prune."""
     desired = build_children(
-        name,
-        namespace,
-        uid,
-        spec,
-        settings,
-        rdma_available=rdma_available(spec, facts),
-        replicas=replicas,
+        owner, spec, settings, rdma_available=rdma_available(spec, facts), replicas=replicas
     )
-    return Plan(tuple(desired), tuple(stale_children(existing, desired, uid)))
+    return Plan(tuple(desired), tuple(stale_children(existing, desired, owner.uid)))
 
 
 def child_refs(listed: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]) -> list[ChildRef]:
@@ -227,6 +209,101 @@ def drifted(applied: Mapping[tuple[str, str], str], kind: str, name: str, marker
     """A child event whose marker (`applied_marker` of the child it showed) is not the one our last apply
     left: someone else changed the child (or we never applied it in this process)."""
     return applied.get((kind, name)) != marker
+
+
+def child_digest(child: Mapping[str, Any]) -> str:
+    """What identifies a desired child: equal digests, equal objects (`unchanged_since_applied`)."""
+    return hashlib.blake2b(json.dumps(child, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def unchanged_since_applied(
+    kind: str, digest: str, applied_digest: str | None, marker: str | None, live: Mapping[str, Any] | None
+) -> bool:
+    """Whether applying a desired child (`digest`) again would change nothing, so the apply is skipped:
+    this process last applied exactly that (`applied_digest`), and the child as the cache has it (`live`;
+    None where there is no cache or it holds no such child) still carries the marker that apply left, so
+    nobody changed it since."""
+    if applied_digest != digest or live is None:
+        return False
+    return marker == applied_marker(kind, live.get("metadata") or {})
+
+
+@dataclass(frozen=True)
+class ManualScale:
+    """A Builtin-autoscaled role's Deployment scaled by someone else to `given`; `taken` is what the
+    autoscaler adopts (`given` clamped to minReplicas..maxReplicas)."""
+
+    role: Role
+    given: int
+    taken: int
+
+    def event(self) -> Event:
+        clamp = "" if self.taken == self.given else f" (clamped to {self.taken}: minReplicas..maxReplicas)"
+        return Event(
+            "Normal",
+            "ManualScale",
+            f"{self.role} was scaled to {self.given} outside the autoscaler{clamp}; taken as its current "
+            "replicas and held for the scale-down stabilization window unless the metrics ask for more "
+            "(set minReplicas = maxReplicas to pin a size)",
+        )
+
+
+def manual_scales(
+    spec: MultimodalDeploymentSpec,
+    deployments: Iterable[Mapping[str, Any]],
+    decided: Mapping[Role, int],
+    applied: Mapping[tuple[str, str], str],
+) -> list[ManualScale]:
+    """The documented manual-scale rule (README, "Manual scale"): the Deployments of Builtin-autoscaled
+    roles whose replicas differ from the autoscaler's decision and that someone other than this process's
+    last apply (its marker in `applied`) changed."""
+    out = []
+    autoscaled = spec.autoscaled()
+    for deployment in deployments:
+        meta = deployment["metadata"]
+        role: Role = meta["labels"].get(LABEL_ROLE)
+        auto = autoscaled.get(role)
+        given = int(deployment["spec"].get("replicas", 0))
+        if auto is None or role not in decided or given == decided[role]:
+            continue
+        if applied.get(("Deployment", meta["name"])) == applied_marker("Deployment", meta):
+            continue  # our own last apply
+        out.append(ManualScale(role, given, min(max(given, auto.min_replicas), auto.max_replicas)))
+    return out
+
+
+def children_to_read(spec: MultimodalDeploymentSpec, *, prune: bool) -> list[tuple[str, str]]:
+    """The kinds of child a whole reconcile lists: every kind when it may prune (from the API, never the
+    cache: it deletes what is listed); else the Deployments and MultimodalRoles that replicas are planned
+    from, where some role is scaled by something other than the spec; else none."""
+    if prune:
+        return list(CHILD_KINDS)
+    if spec.autoscaled() or spec.externally_scaled():
+        return [DEPLOYMENT, ROLE_SCALE]
+    return []
+
+
+def children_for_status(spec: MultimodalDeploymentSpec) -> list[tuple[str, str]]:
+    """The kinds of child a status refresh reads: the Deployments, and the MultimodalRoles whose /scale
+    status it also writes."""
+    return [DEPLOYMENT, ROLE_SCALE] if spec.externally_scaled() else [DEPLOYMENT]
+
+
+def current_replicas(deployments: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Each role's replicas as its Deployment has them now (what the autoscaler decides from)."""
+    return {
+        str(d["metadata"]["labels"].get(LABEL_ROLE)): int(d["spec"].get("replicas", 0)) for d in deployments
+    }
+
+
+RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)  # child-event re-queues after transient errors
+
+
+def retry_delay(failures: int, retry_after: float | None = None) -> float:
+    """How long a re-queued request waits after `failures` failures in a row: the next step of
+    RETRY_DELAYS (its last one from then on), never less than the API server's Retry-After."""
+    delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
+    return delay if retry_after is None else max(delay, retry_after)
 
 
 # ------------------------------------------------------------------------------------------------ blockers
@@ -369,16 +446,21 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> Json:
 
 
 __all__ = [
-    "ChildRef",
+    "RETRY_DELAYS",
     "Event",
-    "NodeFacts",
+    "ManualScale",
     "Plan",
     "StatusUpdate",
     "applied_marker",
+    "child_digest",
     "child_refs",
+    "children_for_status",
+    "children_to_read",
+    "current_replicas",
     "drifted",
     "flip_events",
     "is_ready",
+    "manual_scales",
     "merge_patch",
     "needs_node_facts",
     "peering_active",
@@ -388,6 +470,8 @@ __all__ = [
     "plan_status",
     "pod_blockers",
     "rdma_available",
+    "retry_delay",
     "role_scale_status",
     "stale_children",
+    "unchanged_since_applied",
 ]

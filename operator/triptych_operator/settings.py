@@ -11,26 +11,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from triptych_contract import Backend
-
-from triptych_operator.builders.backends import PROFILES
+from triptych_contract.backends import BACKEND_FACTS
 
 ENV_PREFIX = "TRIPTYCH_OPERATOR_"
 # The NATS Service the chart installs (`nats.enabled`, release `triptych` in `triptych-system`).
 DEFAULT_NATS_URL = "nats://triptych-nats.triptych-system.svc:4222"
 
 
-def _default_images() -> dict[Backend, str]:
-    """Each profile's default: the images `hack/images` builds into the local cluster's node; elsewhere the
-    chart's values name a registry's."""
-    return {backend: profile.default_image for backend, profile in PROFILES.items()}
-
-
-def _default_shm_sizes() -> dict[Backend, str]:
-    return {backend: profile.shm_size for backend, profile in PROFILES.items()}
-
-
 class OperatorSettings(BaseModel):
-    """What the builders need besides the spec.
+    """What the builders need besides the spec. Backends' defaults (image, /dev/shm) are the contract's
+    (`triptych_contract.backends`); this holds only what the environment overrides.
 
     Environment (all optional): TRIPTYCH_OPERATOR_IMAGE_<BACKEND> (VLLM, SGLANG, TRTLLM, REFERENCE),
     TRIPTYCH_OPERATOR_FRONTEND_IMAGE, TRIPTYCH_OPERATOR_IMAGE_PULL_POLICY, TRIPTYCH_OPERATOR_NATS_URL,
@@ -42,7 +32,9 @@ class OperatorSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     images: dict[Backend, str] = Field(
-        default_factory=_default_images, description="Worker image per backend."
+        default_factory=dict,
+        description="Worker image per backend, where not the backend's default (the images `hack/images` "
+        "builds into the local cluster's node; elsewhere the chart's values name a registry's).",
     )
     frontend_image: str | None = Field(
         default=None,
@@ -54,8 +46,8 @@ class OperatorSettings(BaseModel):
         description="The request plane every role of every MultimodalDeployment joins (one NATS for the "
         "cluster; subjects carry namespace and deployment).",
     )
-    # /dev/shm (a memory emptyDir) of worker pods per backend; each profile says what its engine needs.
-    shm_sizes: dict[Backend, str] = Field(default_factory=_default_shm_sizes)
+    # /dev/shm (a memory emptyDir) of worker pods per backend, where not the backend's default.
+    shm_sizes: dict[Backend, str] = Field(default_factory=dict)
     progress_deadline_seconds: int = Field(default=1200, ge=60)
     # Where the autoscaler reads the workers' metrics: their pods' /metrics, or a Prometheus server.
     metrics_source: Literal["scrape", "prometheus"] = "scrape"
@@ -77,7 +69,14 @@ class OperatorSettings(BaseModel):
         return self
 
     def image_for(self, backend: Backend) -> str:
-        return self.images[backend]
+        return self.images.get(backend) or BACKEND_FACTS[backend].default_image
+
+    def shm_size_for(self, backend: Backend) -> str:
+        return self.shm_sizes.get(backend) or BACKEND_FACTS[backend].shm_size
+
+    def worker_images(self) -> dict[Backend, str]:
+        """Every backend's worker image as the builders will use it (for the start-up log)."""
+        return {backend: self.image_for(backend) for backend in BACKEND_FACTS}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -87,12 +86,13 @@ class OperatorSettings(BaseModel):
             value = env.get(ENV_PREFIX + key)
             return value if value else None
 
-        defaults = cls()
-        images = dict(defaults.images)
-        shm = dict(defaults.shm_sizes)
-        for backend in list(images):
-            images[backend] = get(f"IMAGE_{backend.upper()}") or images[backend]
-            shm[backend] = get(f"SHM_{backend.upper()}") or shm[backend]
+        images: dict[Backend, str] = {}
+        shm: dict[Backend, str] = {}
+        for backend in BACKEND_FACTS:
+            if image := get(f"IMAGE_{backend.upper()}"):
+                images[backend] = image
+            if size := get(f"SHM_{backend.upper()}"):
+                shm[backend] = size
         values: dict[str, object] = {"images": images, "shm_sizes": shm}
         for key, field in (
             ("FRONTEND_IMAGE", "frontend_image"),

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from triptych_contract import LABEL_ROLE
 
-from triptych_operator.spec import Condition, MultimodalDeploymentSpec, MultimodalDeploymentStatus, RoleStatus
+from triptych_operator.api import Condition, MultimodalDeploymentSpec, MultimodalDeploymentStatus, RoleStatus
 
 READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
 CONDITION_TYPES = (READY, RECONCILING, STALLED)

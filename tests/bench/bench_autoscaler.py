@@ -52,9 +52,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from triptych_operator.api import DeploymentAutoscalingSpec, ScalingBehaviorSpec
 from triptych_operator.autoscaler.decision import Behavior, History, MetricReading, PodSample, decide
 from triptych_operator.autoscaler.policy import behavior_from
-from triptych_operator.spec import DeploymentAutoscalingSpec, ScalingBehaviorSpec
 
 from tests.bench.__main__ import machine
 

@@ -436,9 +436,11 @@ def _floor_children(kube: Kube, names: Iterable[str], namespace: str) -> list[di
     """The children the operator would create for `names` in `namespace`, from its own (pure) builders with
     the settings the installed operator reads from its Deployment's env; owner references removed (no owner
     exists)."""
-    from triptych_operator.plan import NodeFacts, plan_children
+    from triptych_operator.api import parse_resource
+    from triptych_operator.cluster import NodeFacts
+    from triptych_operator.naming import Owner
+    from triptych_operator.plan import plan_children
     from triptych_operator.settings import OperatorSettings
-    from triptych_operator.spec import parse_resource
 
     operator = kube.json("get", "deployment", "triptych-operator", "-n", OPERATOR_NS)
     containers = operator["spec"]["template"]["spec"]["containers"]
@@ -452,7 +454,7 @@ def _floor_children(kube: Kube, names: Iterable[str], namespace: str) -> list[di
     for name in names:
         obj = _object(name)
         spec = parse_resource(obj)
-        plan = plan_children(name, namespace, str(uuid.uuid4()), spec, settings, facts)
+        plan = plan_children(Owner(name, namespace, str(uuid.uuid4())), spec, settings, facts)
         for desired in plan.desired:
             child = json.loads(json.dumps(desired))
             child["metadata"].pop("ownerReferences", None)

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 
 from triptych_contract import METRIC_PENDING_REQUESTS
 
+from triptych_operator.api import MultimodalDeploymentSpec, Role
 from triptych_operator.autoscaler.decision import History, decide
 from triptych_operator.autoscaler.observe import (
     RolePods,
@@ -33,7 +34,6 @@ from triptych_operator.autoscaler.observe import (
 )
 from triptych_operator.autoscaler.policy import apply_ratio_bounds, behavior_from
 from triptych_operator.autoscaler.sources import MetricsSource, PodMetrics, PodTarget, SourceError
-from triptych_operator.spec import MultimodalDeploymentSpec, Role
 from triptych_operator.status import RoleScaling, TransportReport
 
 Key = tuple[str, str]

@@ -20,9 +20,9 @@ from triptych_contract import (
     METRIC_QUEUE_DEPTH,
 )
 
+from triptych_operator.api import AutoscalingTargets, Role
 from triptych_operator.autoscaler.decision import MetricReading, PodSample
 from triptych_operator.autoscaler.sources import PodMetrics, PodTarget
-from triptych_operator.spec import AutoscalingTargets, Role
 
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 TEMPLATE_HASH_LABEL = "pod-template-hash"

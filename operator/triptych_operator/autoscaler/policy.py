@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from triptych_operator.api import RatioBound, ScalingBehaviorSpec, ScalingRulesSpec, WorkerRoleName
 from triptych_operator.autoscaler.decision import (
     DEFAULT_SCALE_DOWN,
     DEFAULT_SCALE_UP,
@@ -15,7 +16,6 @@ from triptych_operator.autoscaler.decision import (
     ScalingPolicy,
     ScalingRules,
 )
-from triptych_operator.spec import RatioBound, ScalingBehaviorSpec, ScalingRulesSpec, WorkerRoleName
 
 
 def _rules(given: ScalingRulesSpec | None, default: ScalingRules) -> ScalingRules:

@@ -7,27 +7,25 @@ replica decisions) is passed in by the caller.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from triptych_operator.api import MultimodalDeploymentSpec
+from triptych_operator.builders.network_policy import build_network_policy
 from triptych_operator.builders.objects import (
+    RoleBuild,
     build_config_map,
     build_deployment,
-    build_network_policy,
     build_role,
     build_service,
     config_hash,
     worker_config,
 )
-from triptych_operator.spec import MultimodalDeploymentSpec
-
-if TYPE_CHECKING:  # settings build their defaults from the backend profiles: no runtime import
-    from triptych_operator.settings import OperatorSettings
+from triptych_operator.naming import Owner
+from triptych_operator.settings import OperatorSettings
 
 
 def build_children(
-    name: str,
-    namespace: str,
-    uid: str,
+    owner: Owner,
     spec: MultimodalDeploymentSpec,
     settings: OperatorSettings,
     *,
@@ -36,7 +34,7 @@ def build_children(
 ) -> list[dict[str, Any]]:
     """Every desired child of one MultimodalDeployment: per present role (pipeline order) its ConfigMap,
     Service and Deployment, then the deployment's egress NetworkPolicy (unless spec.networkPolicy.egress is
-    Unrestricted), each with a controller owner reference to `uid`.
+    Unrestricted), each with a controller owner reference to `owner`.
 
     `rdma_available` resolves `networking.transport: auto` (does any node advertise the RDMA resource?).
     `replicas` maps role -> replica count decided by the autoscaler; roles not in it use the spec's.
@@ -44,9 +42,7 @@ def build_children(
     out: list[dict[str, Any]] = []
     for role in spec.present_roles():
         out += build_role(
-            name,
-            namespace,
-            uid,
+            owner,
             spec,
             role,
             settings,
@@ -54,11 +50,12 @@ def build_children(
             replicas=None if replicas is None else replicas.get(role),
         )
     if spec.network_policy.egress == "Restricted":
-        out.append(build_network_policy(name, namespace, uid, spec, settings))
+        out.append(build_network_policy(owner, spec, settings))
     return out
 
 
 __all__ = [
+    "RoleBuild",
     "build_children",
     "build_config_map",
     "build_deployment",

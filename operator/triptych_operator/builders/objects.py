@@ -14,10 +14,9 @@ METRICS_PORT) rather than through a load-balanced virtual IP.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from typing import Any
 
 import yaml
 from triptych_contract import (
@@ -37,27 +36,28 @@ from triptych_contract import (
     LABEL_ROLE,
     METRICS_PORT,
 )
-from triptych_contract.networks import allowed_ip_blocks
 
+from triptych_operator.api import (
+    ROLE_KIND,
+    MultimodalDeploymentSpec,
+    Role,
+    RoleBase,
+    WorkerRole,
+    parse_quantity,
+)
 from triptych_operator.builders.backends import BackendProfile, EngineCommand, PodContext, profile_for
+from triptych_operator.cluster import GPU_PRODUCT_LABEL, GPU_RESOURCE
 from triptych_operator.naming import (
     API_VERSION_FULL,
+    Owner,
     child_name,
-    deployment_labels,
     labels,
-    network_policy_name,
-    owned_selector,
     owner_reference,
     selector_labels,
     service_host,
 )
-from triptych_operator.spec import ROLE_KIND, MultimodalDeploymentSpec, Role, WorkerRole, parse_quantity
+from triptych_operator.settings import OperatorSettings
 
-if TYPE_CHECKING:  # settings build their defaults from the backend profiles: no runtime import
-    from triptych_operator.settings import OperatorSettings
-
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
 MULTUS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 CONFIG_HASH_ANNOTATION = f"{API_GROUP}/config-sha256"
@@ -72,37 +72,72 @@ UCX_TCP_GPU = "tcp,cuda_copy"
 UCX_TCP_CPU = "tcp"  # a CPU backend has no CUDA transports
 
 
-def _metadata(
-    name: str, namespace: str, uid: str, spec: MultimodalDeploymentSpec, role: Role
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RoleBuild:
+    """One present role of one MultimodalDeployment, as every builder of the role's objects takes it: whose
+    it is, the spec, the role, the operator's settings, the backend's profile (looked up once, here) and
+    whether the role's pods move data over RDMA (`uses_rdma`, decided once)."""
+
+    owner: Owner
+    spec: MultimodalDeploymentSpec
+    role: Role
+    settings: OperatorSettings
+    profile: BackendProfile
+    rdma: bool
+
+    @classmethod
+    def of(
+        cls,
+        owner: Owner,
+        spec: MultimodalDeploymentSpec,
+        role: Role,
+        settings: OperatorSettings,
+        *,
+        rdma_available: bool,
+    ) -> RoleBuild:
+        rdma = uses_rdma(spec, role, rdma_available=rdma_available)
+        return cls(owner, spec, role, settings, profile_for(spec.backend), rdma)
+
+    @property
+    def role_spec(self) -> RoleBase:
+        role_spec = self.spec.role(self.role)
+        if role_spec is None:
+            raise ValueError(f"role {self.role} is not present")
+        return role_spec
+
+    @property
+    def worker(self) -> WorkerRole | None:
+        """The role's worker pool spec; None for the frontend."""
+        return self.spec.worker(self.role) if self.role != "frontend" else None
+
+
+def _metadata(b: RoleBuild) -> dict[str, Any]:
+    name = b.owner.name
     return {
-        "name": child_name(name, role),
-        "namespace": namespace,
-        "labels": labels(name, role, spec.backend),
-        "ownerReferences": [owner_reference(name, uid)],
+        "name": child_name(name, b.role),
+        "namespace": b.owner.namespace,
+        "labels": labels(name, b.role, b.spec.backend),
+        "ownerReferences": [owner_reference(name, b.owner.uid)],
     }
 
 
 # ------------------------------------------------------------------------------------------------ config
 
 
-def _serving(spec: MultimodalDeploymentSpec, role: Role, profile: BackendProfile) -> dict[str, Any]:
+def _serving(b: RoleBuild) -> dict[str, Any]:
     """The `serving` section: the spec's, plus for a worker role the requests its pods run at once (the
     same limit the engine is given). The frontend has its own limit (maxConcurrentRequests)."""
-    serving = spec.serving.model_dump(by_alias=True)
-    worker = spec.worker(role) if role != "frontend" else None
-    if worker is not None:
-        serving["concurrency"] = profile.max_num_seqs(worker)
+    serving = b.spec.serving.model_dump(by_alias=True)
+    if b.worker is not None:
+        serving["concurrency"] = b.profile.max_num_seqs(b.worker)
     return serving
 
 
-def worker_config(
-    name: str, namespace: str, spec: MultimodalDeploymentSpec, role: Role, nats_url: str, *, rdma: bool
-) -> dict[str, Any]:
-    """What `triptych-worker` reads from CONFIG_PATH (camelCase keys, like the CRD's). `rdma`: the role's
+def worker_config(b: RoleBuild) -> dict[str, Any]:
+    """What `triptych-worker` reads from CONFIG_PATH (camelCase keys, like the CRD's). `b.rdma`: the role's
     pods are given RDMA (`uses_rdma`), which the worker checks UCX actually uses (its degraded-transport
     metric, `triptych_transport_degraded`)."""
-    profile = profile_for(spec.backend)
+    name, namespace, spec, role, profile = b.owner.name, b.owner.namespace, b.spec, b.role, b.profile
     src = spec.model.source
     source: dict[str, Any] = {"hub": spec.model.name}
     if src is not None:
@@ -118,41 +153,31 @@ def worker_config(
         "modalities": list(spec.modalities),
         # What the frontend's fetcher reads; the PVC is the operator's to mount, not the fetcher's business.
         "media": spec.media.model_dump(by_alias=True, exclude={"local_media_pvc"}),
-        "serving": _serving(spec, role, profile),
+        "serving": _serving(b),
         "encoderCache": {
             "capacity": str(spec.encoder_cache.capacity),
             "capacityBytes": int(parse_quantity(spec.encoder_cache.capacity)),
         },
         "peers": {r: service_host(name, r, namespace) for r in spec.present_roles()},
         "ports": {"http": HTTP_PORT, "metrics": METRICS_PORT, "engine": ENGINE_PORT},
-        "nats": {"url": nats_url},
-        "dataPlane": {"requestedTransport": "rdma" if rdma else "tcp"},
+        "nats": {"url": b.settings.nats_url},
+        "dataPlane": {"requestedTransport": "rdma" if b.rdma else "tcp"},
     }
     cfg.update(profile.worker_config(spec, role))
     return cfg
 
 
-def build_config_map(  # noqa: PLR0917 - the builders' uniform (name, namespace, uid, spec, role, ...)
-    name: str,
-    namespace: str,
-    uid: str,
-    spec: MultimodalDeploymentSpec,
-    role: Role,
-    settings: OperatorSettings,
-    engine: EngineCommand | None,
-    *,
-    rdma: bool,
-) -> dict[str, Any]:
+def build_config_map(b: RoleBuild, engine: EngineCommand | None) -> dict[str, Any]:
     """The role's ConfigMap: `config.yaml` for triptych-worker, plus the engine's files (TRT-LLM's
     engine.yaml). `engine` is the profile's engine command for the role, computed once by the caller."""
-    config = worker_config(name, namespace, spec, role, settings.nats_url, rdma=rdma)
+    config = worker_config(b)
     data = {CONFIG_FILE: yaml.safe_dump(config, sort_keys=True)}
     if engine is not None:
         data.update(engine.files)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(name, namespace, uid, spec, role),
+        "metadata": _metadata(b),
         "data": data,
     }
 
@@ -165,23 +190,21 @@ def config_hash(config_map: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------ service
 
 
-def build_service(
-    name: str, namespace: str, uid: str, spec: MultimodalDeploymentSpec, role: Role
-) -> dict[str, Any]:
+def build_service(b: RoleBuild) -> dict[str, Any]:
     """ClusterIP for the frontend, headless for worker roles (see the module docstring)."""
     ports = [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]
-    svc: dict[str, Any] = {"selector": selector_labels(name, role), "ports": ports}
-    if role == "frontend":
+    svc: dict[str, Any] = {"selector": selector_labels(b.owner.name, b.role), "ports": ports}
+    if b.role == "frontend":
         ports.insert(0, {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"})
         svc["type"] = "ClusterIP"
     else:
         svc["clusterIP"] = "None"
         svc["publishNotReadyAddresses"] = False
-    ports += profile_for(spec.backend).service_ports(role)
+    ports += b.profile.service_ports(b.role)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(name, namespace, uid, spec, role),
+        "metadata": _metadata(b),
         "spec": svc,
     }
 
@@ -189,14 +212,14 @@ def build_service(
 # ------------------------------------------------------------------------------------------------ deployment
 
 
-def _worker_env(name: str, namespace: str, role: Role, nats_url: str) -> list[dict[str, Any]]:
+def _worker_env(b: RoleBuild) -> list[dict[str, Any]]:
     return [
-        {"name": ENV_ROLE, "value": role},
-        {"name": ENV_DEPLOYMENT, "value": name},
-        {"name": ENV_NAMESPACE, "value": namespace},
+        {"name": ENV_ROLE, "value": b.role},
+        {"name": ENV_DEPLOYMENT, "value": b.owner.name},
+        {"name": ENV_NAMESPACE, "value": b.owner.namespace},
         {"name": ENV_CONFIG, "value": CONFIG_PATH},
         {"name": ENV_POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": ENV_NATS_URL, "value": nats_url},
+        {"name": ENV_NATS_URL, "value": b.settings.nats_url},
     ]
 
 
@@ -277,11 +300,10 @@ def _devices(
     return devices
 
 
-def _base_volumes(
-    name: str, spec: MultimodalDeploymentSpec, role: Role, settings: OperatorSettings
-) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+def _base_volumes(b: RoleBuild) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(volume, mount) of what every pod of the role has: its config, /dev/shm for worker roles, and the
     local-media PVC for a frontend that reads file:// URLs. One place decides each pair."""
+    name, spec, role = b.owner.name, b.spec, b.role
     pairs = [
         (
             {"name": "config", "configMap": {"name": child_name(name, role)}},
@@ -289,7 +311,10 @@ def _base_volumes(
         )
     ]
     if role != "frontend":
-        shm = {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_sizes[spec.backend]}}
+        shm = {
+            "name": "shm",
+            "emptyDir": {"medium": "Memory", "sizeLimit": b.settings.shm_size_for(spec.backend)},
+        }
         pairs.append((shm, {"name": "shm", "mountPath": "/dev/shm"}))  # noqa: S108
     if role == "frontend" and spec.media.local_media_pvc is not None:
         claim = {"claimName": spec.media.local_media_pvc, "readOnly": True}
@@ -302,28 +327,16 @@ def _base_volumes(
     return pairs
 
 
-def _pod_context(  # noqa: PLR0917 - the builders' uniform (name, namespace, spec, role, ...)
-    name: str,
-    namespace: str,
-    spec: MultimodalDeploymentSpec,
-    role: Role,
-    settings: OperatorSettings,
-    mounts: list[dict[str, Any]],
-    *,
-    rdma: bool,
-) -> PodContext:
-    role_spec = spec.role(role)
-    if role_spec is None:
-        raise ValueError(f"role {role} is not present")
-    worker = spec.worker(role) if role != "frontend" else None
+def _pod_context(b: RoleBuild, mounts: list[dict[str, Any]]) -> PodContext:
+    spec, role, settings, role_spec, worker = b.spec, b.role, b.settings, b.role_spec, b.worker
     gpu = worker is not None and spec.uses_gpus
     backend_image = role_spec.image or settings.image_for(spec.backend)
     image = backend_image
     if role == "frontend" and role_spec.image is None and settings.frontend_image is not None:
         image = settings.frontend_image
     return PodContext(
-        deployment=name,
-        namespace=namespace,
+        deployment=b.owner.name,
+        namespace=b.owner.namespace,
         spec=spec,
         role=role,
         role_spec=role_spec,
@@ -332,10 +345,10 @@ def _pod_context(  # noqa: PLR0917 - the builders' uniform (name, namespace, spe
         backend_image=backend_image,
         image_pull_policy=settings.image_pull_policy,
         mounts=tuple(mounts),
-        worker_env=tuple(_worker_env(name, namespace, role, settings.nats_url)),
-        network_env=tuple(_ucx_env(spec, rdma) if worker is not None else []),
-        devices=_devices(spec, worker, gpu=gpu, rdma=rdma),
-        rdma=rdma,
+        worker_env=tuple(_worker_env(b)),
+        network_env=tuple(_ucx_env(spec, b.rdma) if worker is not None else []),
+        devices=_devices(spec, worker, gpu=gpu, rdma=b.rdma),
+        rdma=b.rdma,
     )
 
 
@@ -358,25 +371,15 @@ def _placement(name: str, spec: MultimodalDeploymentSpec, ctx: PodContext) -> di
     return out
 
 
-def build_deployment(  # noqa: PLR0917 - the builders' uniform (name, namespace, uid, spec, role, ...)
-    name: str,
-    namespace: str,
-    uid: str,
-    spec: MultimodalDeploymentSpec,
-    role: Role,
-    settings: OperatorSettings,
-    *,
-    engine: EngineCommand | None,
-    config_sha256: str,
-    rdma: bool,
-    replicas: int | None = None,
+def build_deployment(
+    b: RoleBuild, *, engine: EngineCommand | None, config_sha256: str, replicas: int | None = None
 ) -> dict[str, Any]:
-    """The role's Deployment. `engine`, `config_sha256` and `rdma` (`uses_rdma`) come from the same role's
-    ConfigMap build (`build_role`); `replicas` overrides the spec's (the autoscaler's decision for an
-    autoscaled role)."""
-    base = _base_volumes(name, spec, role, settings)
-    ctx = _pod_context(name, namespace, spec, role, settings, [m for _, m in base], rdma=rdma)
-    parts = profile_for(spec.backend).pod_parts(ctx, engine)
+    """The role's Deployment. `engine` and `config_sha256` come from the same role's ConfigMap build
+    (`build_role`); `replicas` overrides the spec's (the autoscaler's decision for an autoscaled role)."""
+    name, spec, role = b.owner.name, b.spec, b.role
+    base = _base_volumes(b)
+    ctx = _pod_context(b, [m for _, m in base])
+    parts = b.profile.pod_parts(ctx, engine)
     volumes = [v for v, _ in base]
     pod: dict[str, Any] = {
         "enableServiceLinks": False,
@@ -396,12 +399,12 @@ def build_deployment(  # noqa: PLR0917 - the builders' uniform (name, namespace,
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(name, namespace, uid, spec, role),
+        "metadata": _metadata(b),
         "spec": {
             "replicas": ctx.role_spec.replicas if replicas is None else replicas,
             "selector": {"matchLabels": selector_labels(name, role)},
             "revisionHistoryLimit": 3,
-            "progressDeadlineSeconds": settings.progress_deadline_seconds,
+            "progressDeadlineSeconds": b.settings.progress_deadline_seconds,
             "strategy": {"type": "RollingUpdate", "rollingUpdate": rolling},
             "template": {
                 "metadata": {"labels": labels(name, role, spec.backend), "annotations": pod_annotations},
@@ -411,91 +414,20 @@ def build_deployment(  # noqa: PLR0917 - the builders' uniform (name, namespace,
     }
 
 
-def build_role_scale(
-    name: str, namespace: str, uid: str, spec: MultimodalDeploymentSpec, role: Role
-) -> dict[str, Any]:
+def build_role_scale(b: RoleBuild) -> dict[str, Any]:
     """The role's MultimodalRole (autoscaling.scaler External): the object whose /scale a user's HPA or
     KEDA drives. No spec.replicas here: the operator seeds it once (kube.seed_replicas) and never applies
     it, so the field belongs to whatever scales the role."""
     return {
         "apiVersion": API_VERSION_FULL,
         "kind": ROLE_KIND,
-        "metadata": _metadata(name, namespace, uid, spec, role),
+        "metadata": _metadata(b),
         "spec": {},
     }
 
 
-# The port NATS listens on when its URL names none.
-NATS_DEFAULT_PORT = 4222
-DNS_PORT = 53
-
-
-def _nats_peers(nats_url: str) -> list[dict[str, Any]]:
-    """Egress rules for the request plane: every server of a (comma-separated) NATS URL. An in-cluster
-    Service (`<svc>.<namespace>.svc[.<domain>]`) is reached as the pods of its namespace on its port (a
-    NetworkPolicy sees the pod the Service forwards to, not the Service); an IP literal as itself. Any other
-    host name is only reachable where the public rule or networkPolicy.allowedCIDRs cover its address."""
-    rules: list[dict[str, Any]] = []
-    for server in nats_url.split(","):
-        url = urlsplit(server.strip())
-        host, port = url.hostname or "", url.port or NATS_DEFAULT_PORT
-        ports = [{"protocol": "TCP", "port": port}]
-        parts = host.split(".")
-        if len(parts) >= 3 and parts[2] == "svc":
-            selector = {"matchLabels": {"kubernetes.io/metadata.name": parts[1]}}
-            rules.append({"to": [{"namespaceSelector": selector}], "ports": ports})
-            continue
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            continue
-        rules.append({"to": [{"ipBlock": {"cidr": f"{address}/{address.max_prefixlen}"}}], "ports": ports})
-    return rules
-
-
-def build_network_policy(
-    name: str, namespace: str, uid: str, spec: MultimodalDeploymentSpec, settings: OperatorSettings
-) -> dict[str, Any]:
-    """The deployment's egress NetworkPolicy (spec.networkPolicy): every pod of the deployment may reach
-    DNS, the deployment's own pods, the NATS servers, and what the media guard allows (the shared table in
-    `triptych_contract.networks`, opened for private ranges by media.allowPrivateNetworks), plus
-    allowedCIDRs. Ingress is left alone: the frontend's clients and the metrics scrapers vary per cluster."""
-    public = allowed_ip_blocks(allow_private_networks=spec.media.allow_private_networks)
-    dns_ports = [{"protocol": protocol, "port": DNS_PORT} for protocol in ("UDP", "TCP")]
-    egress: list[dict[str, Any]] = [
-        {"ports": dns_ports},
-        {"to": [{"podSelector": {"matchLabels": owned_selector(name)}}]},
-        *_nats_peers(settings.nats_url),
-        {
-            "to": [
-                {"ipBlock": {"cidr": cidr, "except": list(excepts)} if excepts else {"cidr": cidr}}
-                for cidr, excepts in public
-            ]
-        },
-    ]
-    if spec.network_policy.allowed_cidrs:
-        egress.append({"to": [{"ipBlock": {"cidr": c}} for c in spec.network_policy.allowed_cidrs]})
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {
-            "name": network_policy_name(name),
-            "namespace": namespace,
-            "labels": deployment_labels(name, spec.backend),
-            "ownerReferences": [owner_reference(name, uid)],
-        },
-        "spec": {
-            "podSelector": {"matchLabels": owned_selector(name)},
-            "policyTypes": ["Egress"],
-            "egress": egress,
-        },
-    }
-
-
-def build_role(  # noqa: PLR0917 - the builders' uniform (name, namespace, uid, spec, role, ...)
-    name: str,
-    namespace: str,
-    uid: str,
+def build_role(
+    owner: Owner,
     spec: MultimodalDeploymentSpec,
     role: Role,
     settings: OperatorSettings,
@@ -503,30 +435,20 @@ def build_role(  # noqa: PLR0917 - the builders' uniform (name, namespace, uid, 
     rdma_available: bool,
     replicas: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One role's ConfigMap, Service and Deployment; the engine command and the config hash built once."""
-    engine = profile_for(spec.backend).engine(spec, role)
-    rdma = uses_rdma(spec, role, rdma_available=rdma_available)
-    config_map = build_config_map(name, namespace, uid, spec, role, settings, engine, rdma=rdma)
-    deployment = build_deployment(
-        name,
-        namespace,
-        uid,
-        spec,
-        role,
-        settings,
-        engine=engine,
-        config_sha256=config_hash(config_map),
-        rdma=rdma,
-        replicas=replicas,
-    )
-    scale = [build_role_scale(name, namespace, uid, spec, role)] if spec.scaler(role) == "External" else []
-    return [*scale, config_map, build_service(name, namespace, uid, spec, role), deployment]
+    """One role's ConfigMap, Service and Deployment (and its MultimodalRole for scaler External); the
+    profile, the RDMA decision, the engine command and the config hash made once."""
+    b = RoleBuild.of(owner, spec, role, settings, rdma_available=rdma_available)
+    engine = b.profile.engine(spec, role)
+    config_map = build_config_map(b, engine)
+    deployment = build_deployment(b, engine=engine, config_sha256=config_hash(config_map), replicas=replicas)
+    scale = [build_role_scale(b)] if spec.scaler(role) == "External" else []
+    return [*scale, config_map, build_service(b), deployment]
 
 
 __all__ = [
+    "RoleBuild",
     "build_config_map",
     "build_deployment",
-    "build_network_policy",
     "build_role",
     "build_role_scale",
     "build_service",

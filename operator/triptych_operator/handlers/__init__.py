@@ -1,5 +1,6 @@
-"""kopf glue, and nothing else: each handler is a decorator, a docstring and one await into the Reconciler
-(`handlers/reconcile.py`). Handlers return None (kopf would copy a return value into `.status`).
+"""The kopf glue (this module, the only one that registers handlers): each handler is a decorator, a docstring
+and one await into the Reconciler (`handlers/reconcile.py`, whose rooms are the rest of this package).
+Handlers return None (kopf would copy a return value into `.status`).
 
 Handlers are registered on an explicit registry built by `build_registry()` (not kopf's global one at import
 time), and kopf's settings come from `kopf_settings()`; `main` wires both with the Reconciler in kopf's memo.
@@ -13,10 +14,10 @@ from typing import Any
 import kopf
 from triptych_contract import API_GROUP, API_VERSION, KIND, LABEL_DEPLOYMENT, PLURAL
 
+from triptych_operator.api import ROLE_KIND, ROLE_PLURAL
 from triptych_operator.handlers.reconcile import Reconciler
 from triptych_operator.kube import Permission
 from triptych_operator.naming import MANAGED_BY
-from triptych_operator.spec import ROLE_KIND, ROLE_PLURAL
 
 # Watched with our labels: drift in the children, and pod state (scheduling, image pulls) for status.
 CHILDREN = (

@@ -12,7 +12,7 @@ no round trips, only the status patch when the status changed.
   Stored bodies are never mutated (a newer one replaces the old), so readers may keep what they got.
 - Reads may be a moment behind the API (the watch's latency). That is what a refresh is for: the event that
   makes the cache current also requests the next refresh. Pruning does not trust it: a reconcile that may
-  delete children lists them from the API (`Reconciler._full`).
+  delete children lists them from the API (`Paths.full`, `plan.children_to_read`).
 """
 
 from __future__ import annotations

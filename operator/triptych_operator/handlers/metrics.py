@@ -5,7 +5,9 @@ writes were made, and how many objects the cache holds."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -20,6 +22,7 @@ CACHED_KINDS = (
     "MultimodalRole",
     "Pod",
 )
+RECONCILE_PATHS = ("full", "refresh")  # the paths counted as reconciles (beside evaluate, invalid, ...)
 
 
 class ReconcileMetrics:
@@ -77,6 +80,19 @@ class ReconcileMetrics:
             registry=self.registry,
         )
 
+    @contextmanager
+    def timed(self, path: str, since: float) -> Iterator[None]:
+        """Around one piece of work in a worker thread: how long it waited since it was asked for (`since`,
+        a perf_counter reading), then how long it ran; `full` and `refresh` count as reconciles."""
+        started = time.perf_counter()
+        self.wait.labels(path).observe(started - since)
+        if path in RECONCILE_PATHS:
+            self.reconciles.labels(path).inc()
+        try:
+            yield
+        finally:
+            self.work.labels(path).observe(time.perf_counter() - started)
+
     def observe_request(self, operation: str, resource: str, seconds: float) -> None:
         """The kube module's RequestObserver."""
         self.api_requests.labels(operation, resource).inc()
@@ -92,4 +108,4 @@ class ReconcileMetrics:
             self.cached.labels(kind).set_function(size_of(kind))
 
 
-__all__ = ["CACHED_KINDS", "ReconcileMetrics"]
+__all__ = ["CACHED_KINDS", "RECONCILE_PATHS", "ReconcileMetrics"]

@@ -29,9 +29,10 @@ import openai
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from triptych_operator.api import parse_spec
 from triptych_operator.builders import build_role
+from triptych_operator.naming import Owner
 from triptych_operator.settings import OperatorSettings
-from triptych_operator.spec import parse_spec
 
 pytest.importorskip("torch")
 
@@ -585,7 +586,9 @@ def test_a_requested_rdma_that_ucx_cannot_use_is_flagged(
     spec = parse_spec(
         {"backend": "vllm", "model": {"name": "m"}, "networking": networking, "roles": {"decode": {}}}
     )
-    children = build_role("d", "ns", "u", spec, "decode", OperatorSettings.from_env({}), rdma_available=False)
+    children = build_role(
+        Owner("d", "ns", "u"), spec, "decode", OperatorSettings.from_env({}), rdma_available=False
+    )
     config_map, deployment = children[0], children[2]
     data_plane = yaml.safe_load(config_map["data"]["config.yaml"])["dataPlane"]
     sidecar = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "worker")

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from triptych_operator.api import parse_spec
 from triptych_operator.builders import build_children
+from triptych_operator.naming import Owner
 from triptych_operator.settings import OperatorSettings
-from triptych_operator.spec import parse_spec
 
 from tests.backend_cases import serving_specs, uncovered
 from tests.conftest import REPO
@@ -60,7 +61,7 @@ KNOWN_REFUSALS: dict[str, str] = {}
 def engine_commands(spec_raw: dict[str, Any], *, rdma_available: bool) -> dict[str, list[str]]:
     """Each worker role's engine command, as the operator's Deployments carry it."""
     spec = parse_spec(spec_raw)
-    children = build_children(NAME, "ns", "u", spec, SETTINGS, rdma_available=rdma_available)
+    children = build_children(Owner(NAME, "ns", "u"), spec, SETTINGS, rdma_available=rdma_available)
     commands = {}
     for child in children:
         if child["kind"] != "Deployment":

@@ -23,6 +23,7 @@ from triptych_contract import (
     METRIC_QUEUE_DEPTH,
     METRIC_TRANSPORT_DEGRADED,
 )
+from triptych_operator.api import AutoscalingTargets, parse_spec
 from triptych_operator.autoscaler.evaluate import Autoscaler, needs_evaluation
 from triptych_operator.autoscaler.observe import RolePods, current_template_hashes, readings, role_pods
 from triptych_operator.autoscaler.sources import (
@@ -34,7 +35,6 @@ from triptych_operator.autoscaler.sources import (
     pod_query,
 )
 from triptych_operator.plan import peering_active, plan_replicas, role_scale_status
-from triptych_operator.spec import AutoscalingTargets, parse_spec
 from triptych_operator.status import RoleScaling, TransportReport, compute_status
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

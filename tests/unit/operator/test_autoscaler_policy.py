@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from triptych_operator.api import RatioBound, ScalingBehaviorSpec, SpecError, parse_spec
 from triptych_operator.autoscaler.decision import Behavior, ScalingPolicy, ScalingRules
 from triptych_operator.autoscaler.policy import apply_ratio_bounds, behavior_from
-from triptych_operator.spec import RatioBound, ScalingBehaviorSpec, SpecError, parse_spec
 
 
 def test_no_behavior_is_the_hpa_defaults() -> None:

@@ -8,11 +8,13 @@ from typing import Any, get_args
 import pytest
 import yaml
 from triptych_contract import Backend
+from triptych_contract.backends import BACKEND_FACTS
+from triptych_operator.api import Role, WorkerRole, parse_spec
 from triptych_operator.builders import build_role
 from triptych_operator.builders.backends import PROFILES, profile_for
 from triptych_operator.builders.backends.base import SIDECAR_RESOURCES, EngineServerProfile
+from triptych_operator.naming import Owner
 from triptych_operator.settings import OperatorSettings
-from triptych_operator.spec import Role, WorkerRole, parse_spec
 
 SETTINGS = OperatorSettings.from_env({})
 GPU_BACKENDS = ("vllm", "sglang", "trtllm")
@@ -29,7 +31,7 @@ def _spec(backend: str, **extra: Any) -> Any:
 
 
 def _pod(spec: Any, role: Role) -> dict[str, Any]:
-    children = build_role("d", "ns", "u", spec, role, SETTINGS, rdma_available=False)
+    children = build_role(Owner("d", "ns", "u"), spec, role, SETTINGS, rdma_available=False)
     deployment = next(c for c in children if c["kind"] == "Deployment")
     return deployment["spec"]["template"]["spec"]  # type: ignore[no-any-return]
 
@@ -50,9 +52,19 @@ def test_an_unknown_backend_is_named() -> None:
         profile_for("tgi")  # type: ignore[arg-type]
 
 
-def test_settings_defaults_come_from_the_profiles() -> None:
-    assert SETTINGS.images == {b: p.default_image for b, p in PROFILES.items()}
-    assert SETTINGS.shm_sizes == {"vllm": "16Gi", "sglang": "16Gi", "trtllm": "32Gi", "reference": "256Mi"}
+def test_settings_hold_overrides_and_defaults_come_from_the_contract() -> None:
+    assert (SETTINGS.images, SETTINGS.shm_sizes) == ({}, {})
+    assert SETTINGS.worker_images() == {b: f.default_image for b, f in BACKEND_FACTS.items()}
+    shm = {b: SETTINGS.shm_size_for(b) for b in BACKEND_FACTS}
+    assert shm == {"vllm": "16Gi", "sglang": "16Gi", "trtllm": "32Gi", "reference": "256Mi"}
+    overridden = OperatorSettings.from_env({"TRIPTYCH_OPERATOR_SHM_VLLM": "8Gi"})
+    assert overridden.shm_sizes == {"vllm": "8Gi"}
+    assert (overridden.shm_size_for("vllm"), overridden.shm_size_for("sglang")) == ("8Gi", "16Gi")
+
+
+def test_every_profile_reads_its_row_of_the_contracts_table() -> None:
+    for name, profile in PROFILES.items():
+        assert profile.facts is BACKEND_FACTS[name]
 
 
 # ------------------------------------------------------------------------------------------------ reference
@@ -167,7 +179,7 @@ def test_user_extra_args_end_the_engine_command() -> None:
 
 def test_trtllm_options_travel_in_the_configmap() -> None:
     spec = _spec("trtllm", roles={"prefill": {}, "decode": {}})
-    children = build_role("d", "ns", "u", spec, "prefill", SETTINGS, rdma_available=False)
+    children = build_role(Owner("d", "ns", "u"), spec, "prefill", SETTINGS, rdma_available=False)
     config_map = next(c for c in children if c["kind"] == "ConfigMap")
     assert set(config_map["data"]) == {"config.yaml", "engine.yaml"}
     assert '"disable_overlap_scheduler": true' in config_map["data"]["engine.yaml"]
@@ -189,7 +201,7 @@ def test_the_requested_transport_is_written_for_the_worker_to_check(
     networking = {"transport": transport, **({"rdma": rdma} if rdma else {})}
     spec = _spec("vllm", networking=networking, roles={"prefill": {}, "decode": {}})
     for role in ("frontend", "prefill", "decode"):
-        children = build_role("d", "ns", "u", spec, role, SETTINGS, rdma_available=rdma_available)
+        children = build_role(Owner("d", "ns", "u"), spec, role, SETTINGS, rdma_available=rdma_available)
         config = yaml.safe_load(next(c for c in children if c["kind"] == "ConfigMap")["data"]["config.yaml"])
         assert config["dataPlane"] == {"requestedTransport": "tcp" if role == "frontend" else requested}
 
@@ -201,7 +213,7 @@ BATCH_FLAGS = {"vllm": "--max-num-seqs", "sglang": "--max-running-requests", "tr
 
 
 def _config(spec: Any, role: Role) -> dict[str, Any]:
-    children = build_role("d", "ns", "u", spec, role, SETTINGS, rdma_available=False)
+    children = build_role(Owner("d", "ns", "u"), spec, role, SETTINGS, rdma_available=False)
     config_map = next(c for c in children if c["kind"] == "ConfigMap")
     return yaml.safe_load(config_map["data"]["config.yaml"])  # type: ignore[no-any-return]
 
@@ -218,7 +230,7 @@ def _values(command: list[str], flag: str) -> list[str]:
 
 
 def test_the_default_batch_limits_are_the_ones_the_api_documents() -> None:
-    defaults = {backend: profile.default_max_num_seqs for backend, profile in PROFILES.items()}
+    defaults = {backend: profile.facts.default_max_num_seqs for backend, profile in PROFILES.items()}
     assert defaults == {"vllm": 256, "sglang": 256, "trtllm": 256, "reference": 8}
     description = WorkerRole.model_fields["max_num_seqs"].description or ""
     assert "256 for vllm, sglang and trtllm" in description

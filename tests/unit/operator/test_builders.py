@@ -8,14 +8,16 @@ from typing import Any, cast
 
 import pytest
 import yaml
-from triptych_operator.builders import build_children, build_role, build_service
+from triptych_operator.api import Role, parse_resource, parse_spec
+from triptych_operator.builders import RoleBuild, build_children, build_role, build_service
+from triptych_operator.naming import Owner
 from triptych_operator.settings import OperatorSettings
-from triptych_operator.spec import Role, parse_resource, parse_spec
 
 ROOT = Path(__file__).resolve().parents[3]
 GOLDEN = Path(__file__).resolve().parent / "golden"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 SETTINGS = OperatorSettings.from_env({})
+DEMO = Owner("demo", "ns", "u1")
 OWNER = [
     {
         "apiVersion": "triptych.dev/v1alpha1",
@@ -51,9 +53,7 @@ def _deployment(
     spec: Any, role: Role, *, rdma_available: bool, replicas: int | None = None
 ) -> dict[str, Any]:
     """The role's Deployment as build_children makes it (with its ConfigMap's hash and engine command)."""
-    children = build_role(
-        "demo", "ns", "u1", spec, role, SETTINGS, rdma_available=rdma_available, replicas=replicas
-    )
+    children = build_role(DEMO, spec, role, SETTINGS, rdma_available=rdma_available, replicas=replicas)
     return next(c for c in children if c["kind"] == "Deployment")
 
 
@@ -66,7 +66,7 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_frontend_service() -> None:
-    assert build_service("demo", "ns", "u1", _spec(), "frontend") == {
+    assert build_service(RoleBuild.of(DEMO, _spec(), "frontend", SETTINGS, rdma_available=False)) == {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
@@ -87,7 +87,7 @@ def test_frontend_service() -> None:
 
 
 def test_worker_service_is_headless() -> None:
-    svc = build_service("demo", "ns", "u1", _spec("reference"), "decode")
+    svc = build_service(RoleBuild.of(DEMO, _spec("reference"), "decode", SETTINGS, rdma_available=False))
     assert svc["spec"] == {
         "clusterIP": "None",
         "publishNotReadyAddresses": False,
@@ -129,7 +129,7 @@ def test_reference_decode_deployment() -> None:
 
 def test_reference_frontend_has_the_model_and_every_role_reads_it() -> None:
     spec = _spec("reference", roles={"encode": {}, "prefill": {}, "decode": {}})
-    children = build_children("demo", "ns", "u1", spec, SETTINGS)
+    children = build_children(DEMO, spec, SETTINGS)
     for cm in (c for c in children if c["kind"] == "ConfigMap"):
         config = yaml.safe_load(cm["data"]["config.yaml"])
         assert config["model"]["path"] == "/models/reference", cm["metadata"]["name"]
@@ -146,7 +146,7 @@ def test_reference_frontend_has_the_model_and_every_role_reads_it() -> None:
 
 
 def test_gpu_backends_have_no_prepare_step() -> None:
-    children = build_children("demo", "ns", "u1", _spec(), SETTINGS)
+    children = build_children(DEMO, _spec(), SETTINGS)
     for dep in (c for c in children if c["kind"] == "Deployment"):
         assert "initContainers" not in dep["spec"]["template"]["spec"]
 
@@ -311,7 +311,7 @@ def test_replicas_override_and_user_env_wins() -> None:
 
 def test_children_order_and_kinds() -> None:
     spec = _spec(roles={"encode": {}, "decode": {}})
-    got = [(o["kind"], o["metadata"]["name"]) for o in build_children("demo", "ns", "u1", spec, SETTINGS)]
+    got = [(o["kind"], o["metadata"]["name"]) for o in build_children(DEMO, spec, SETTINGS)]
     assert got == [
         (kind, f"demo-{role}")
         for role in ("frontend", "encode", "decode")
@@ -346,9 +346,7 @@ def _render(example: Path) -> str:
     obj = yaml.safe_load(example.read_text())
     spec = parse_resource(obj)
     children = build_children(
-        obj["metadata"]["name"],
-        "default",
-        "00000000-0000-0000-0000-000000000000",
+        Owner(obj["metadata"]["name"], "default", "00000000-0000-0000-0000-000000000000"),
         spec,
         SETTINGS,
         rdma_available=True,
@@ -376,7 +374,9 @@ def test_worker_config_is_what_the_workers_read(example: Path) -> None:
     worker_config_model = pytest.importorskip("triptych_workers.config").WorkerConfig
     resource = parse_resource(yaml.safe_load(example.read_text()))
     name = yaml.safe_load(example.read_text())["metadata"]["name"]
-    for cm in (c for c in build_children(name, "ns", "u1", resource, SETTINGS) if c["kind"] == "ConfigMap"):
+    for cm in (
+        c for c in build_children(Owner(name, "ns", "u1"), resource, SETTINGS) if c["kind"] == "ConfigMap"
+    ):
         config = worker_config_model.model_validate(yaml.safe_load(cm["data"]["config.yaml"]))
         media = resource.media
         assert config.media.allow_private_networks is media.allow_private_networks
@@ -388,7 +388,7 @@ def test_the_serving_block_reaches_every_role() -> None:
     config carries it, and the workers read it as their ServingConfig."""
     worker_config_model = pytest.importorskip("triptych_workers.config").WorkerConfig
     spec = _spec("reference", roles={"encode": {}, "decode": {}}, serving={"encodeRouting": "round-robin"})
-    for child in build_children("demo", "ns", "u1", spec, SETTINGS):
+    for child in build_children(DEMO, spec, SETTINGS):
         if child["kind"] == "ConfigMap":
             config = worker_config_model.model_validate(yaml.safe_load(child["data"]["config.yaml"]))
             assert config.serving.encode_routing == "round-robin"
@@ -398,7 +398,7 @@ def test_the_serving_block_reaches_every_role() -> None:
 def test_local_media_pvc_is_mounted_read_only_in_the_frontend_only() -> None:
     media = {"allowedLocalMediaPath": "/media", "localMediaPVC": "photos"}
     spec = _spec("reference", roles={"encode": {}, "decode": {}}, media=media)
-    children = build_children("demo", "ns", "u1", spec, SETTINGS)
+    children = build_children(DEMO, spec, SETTINGS)
     for dep in (c for c in children if c["kind"] == "Deployment"):
         pod = dep["spec"]["template"]["spec"]
         has_volume = {
@@ -422,7 +422,7 @@ def test_local_media_pvc_is_mounted_read_only_in_the_frontend_only() -> None:
 
 
 def _network_policy(spec: Any, settings: OperatorSettings = SETTINGS) -> dict[str, Any] | None:
-    children = build_children("demo", "ns", "u1", spec, settings)
+    children = build_children(DEMO, spec, settings)
     policies = [c for c in children if c["kind"] == "NetworkPolicy"]
     assert len(policies) <= 1
     return policies[0] if policies else None

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from triptych_operator.spec import SpecError, parse_resource, validate_update
+from triptych_operator.api import SpecError, parse_resource, validate_update
 
 CASES_FILE = Path(__file__).resolve().parents[2] / "data" / "invalid" / "cases.yaml"
 CASES: list[dict[str, Any]] = yaml.safe_load(CASES_FILE.read_text())

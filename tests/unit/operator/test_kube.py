@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from triptych_operator import kube
+from triptych_operator.cluster import CHILD_KINDS
 
 
 @pytest.mark.parametrize(
@@ -21,11 +22,11 @@ from triptych_operator import kube
 )
 def test_status_codes_map_to_types(status: int, kind: type[kube.KubeError], transient: bool) -> None:
     body = '{"kind":"Status","message":"' + "x" * 5000 + '"}'
-    err = kube._status_error(status, "Reason", body, "apply Deployment ns/n", {"Retry-After": "7"})
+    err = kube.errors.status_error(status, "Reason", body, "apply Deployment ns/n", {"Retry-After": "7"})
     assert type(err) is kind
     assert err.transient is transient
-    assert len(err.body) == kube.BODY_LIMIT
-    assert len(str(err)) < kube.BODY_LIMIT + 100
+    assert len(err.body) == kube.errors.BODY_LIMIT
+    assert len(str(err)) < kube.errors.BODY_LIMIT + 100
     if isinstance(err, kube.TooManyRequests):
         assert err.retry_after == 7
 
@@ -50,3 +51,7 @@ def test_status_codes_map_to_types(status: int, kind: type[kube.KubeError], tran
 )
 def test_request_metrics_name_the_resource_as_rbac_does(path: str, resource: str) -> None:
     assert kube.resource_of(path) == resource
+
+
+def test_every_child_kind_has_an_api_path_and_nothing_else_does() -> None:
+    assert tuple(kube.paths.PATHS) == CHILD_KINDS

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from triptych_contract import LABEL_DEPLOYMENT, LABEL_ROLE, ROLES
+from triptych_operator.api import MAX_NAME_LENGTH
 from triptych_operator.naming import child_name, labels, owner_reference, selector_labels, service_host
-from triptych_operator.spec import MAX_NAME_LENGTH
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 

@@ -5,24 +5,31 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from triptych_operator.api import parse_spec
+from triptych_operator.cluster import CHILD_KINDS, DEPLOYMENT, ROLE_SCALE, ChildRef, NodeFacts
+from triptych_operator.naming import Owner
 from triptych_operator.plan import (
-    ChildRef,
     Event,
-    NodeFacts,
     applied_marker,
+    child_digest,
     child_refs,
+    children_for_status,
+    children_to_read,
+    current_replicas,
     drifted,
     flip_events,
+    manual_scales,
     merge_patch,
     needs_node_facts,
     plan_children,
     plan_invalid,
     plan_status,
     pod_blockers,
+    retry_delay,
     stale_children,
+    unchanged_since_applied,
 )
 from triptych_operator.settings import OperatorSettings
-from triptych_operator.spec import parse_spec
 
 SETTINGS = OperatorSettings.from_env({})
 NO_NODES = NodeFacts(frozenset(), frozenset())
@@ -54,7 +61,7 @@ def _listed(*refs: tuple[str, str, str, str]) -> dict[tuple[str, str], list[dict
 
 
 def test_create_plans_every_role_and_prunes_nothing() -> None:
-    plan = plan_children("x", "ns", "owner", _spec(encode={}, decode={}), SETTINGS, NO_NODES)
+    plan = plan_children(Owner("x", "ns", "owner"), _spec(encode={}, decode={}), SETTINGS, NO_NODES)
     assert _names(plan.desired) == [
         (kind, f"x-{role}")
         for role in ("frontend", "encode", "decode")
@@ -72,7 +79,7 @@ def test_update_with_a_removed_role_prunes_its_children_only() -> None:
             ("v1", "ConfigMap", "x-encode", "someone-else"),  # our labels, another controller: untouched
         )
     )
-    plan = plan_children("x", "ns", "owner", _spec(decode={}), SETTINGS, NO_NODES, existing)
+    plan = plan_children(Owner("x", "ns", "owner"), _spec(decode={}), SETTINGS, NO_NODES, existing)
     assert [(r.kind, r.name, r.uid) for r in plan.prune] == [
         ("Deployment", "x-encode", "uid-x-encode"),
         ("Service", "x-encode", "uid-x-encode"),
@@ -82,7 +89,7 @@ def test_update_with_a_removed_role_prunes_its_children_only() -> None:
 
 def test_replicas_decided_elsewhere_reach_the_deployment() -> None:
     plan = plan_children(
-        "x", "ns", "o", _spec(decode={"replicas": 2}), SETTINGS, NO_NODES, replicas={"decode": 7}
+        Owner("x", "ns", "o"), _spec(decode={"replicas": 2}), SETTINGS, NO_NODES, replicas={"decode": 7}
     )
     (decode,) = [c for c in plan.desired if c["kind"] == "Deployment" and c["metadata"]["name"] == "x-decode"]
     assert decode["spec"]["replicas"] == 7
@@ -93,7 +100,7 @@ def test_transport_auto_follows_the_nodes() -> None:
     with_rdma = NodeFacts(frozenset({"rdma/ib"}), frozenset())
 
     def decode_env(facts: NodeFacts) -> dict[str, str]:
-        plan = plan_children("x", "ns", "o", spec, SETTINGS, facts)
+        plan = plan_children(Owner("x", "ns", "o"), spec, SETTINGS, facts)
         dep = next(
             c for c in plan.desired if c["kind"] == "Deployment" and c["metadata"]["name"] == "x-decode"
         )
@@ -260,3 +267,65 @@ def test_blockers_from_pods() -> None:
     # With the product present, the scheduler's own reason stands.
     found = pod_blockers(pods[:1], NodeFacts(frozenset(), frozenset({"B200"})))
     assert [(b.role, b.reason) for b in found] == [("decode", "Unschedulable")]
+
+
+# ------------------------------------------------------------------------------------ what a reconcile does
+
+
+AUTOSCALED = {"replicas": 2, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4,
+                                            "targets": {"queueDepth": 4}}}  # fmt: skip
+
+
+def _role_deployment(role: str, replicas: int, generation: int) -> dict[str, Any]:
+    meta = {"name": f"x-{role}", "generation": generation, "labels": {"triptych.dev/role": role}}
+    return {"kind": "Deployment", "metadata": meta, "spec": {"replicas": replicas}}
+
+
+def test_an_apply_is_skipped_only_when_the_same_object_was_applied_and_nobody_changed_it() -> None:
+    child = {"kind": "Deployment", "metadata": {"name": "x-decode"}, "spec": {"replicas": 1}}
+    digest = child_digest(child)
+    live = {"metadata": {"name": "x-decode", "generation": 3, "resourceVersion": "99"}}
+    assert digest == child_digest(dict(reversed(list(child.items()))))  # key order does not matter
+    assert unchanged_since_applied("Deployment", digest, digest, "3", live)
+    assert not unchanged_since_applied("Deployment", digest, "another", "3", live)  # a new desired state
+    assert not unchanged_since_applied("Deployment", digest, digest, "2", live)  # someone changed it
+    assert not unchanged_since_applied("Deployment", digest, None, None, live)  # never applied here
+    assert not unchanged_since_applied("Deployment", digest, digest, "3", None)  # no cached child
+
+
+def test_a_manual_scale_of_an_autoscaled_role_is_adopted_clamped() -> None:
+    spec = _spec(prefill=AUTOSCALED, decode=AUTOSCALED)
+    ours = {("Deployment", "x-decode"): "5"}  # our last apply left generation 5 on decode
+    deployments = [_role_deployment("prefill", 9, 7), _role_deployment("decode", 3, 5)]
+    (scale,) = manual_scales(spec, deployments, {"prefill": 2, "decode": 2}, ours)
+    assert (scale.role, scale.given, scale.taken) == ("prefill", 9, 4)
+    assert scale.event().reason == "ManualScale"
+    assert "clamped to 4" in scale.event().message
+    # Our own apply, a role the autoscaler has not decided yet, and a role that is not autoscaled: none.
+    assert manual_scales(spec, deployments[1:], {"decode": 2}, ours) == []
+    assert manual_scales(spec, deployments, {}, {}) == []
+    assert manual_scales(_spec(decode={}), [_role_deployment("decode", 3, 1)], {"decode": 1}, {}) == []
+
+
+def test_what_a_reconcile_lists() -> None:
+    plain, scaled = _spec(decode={}), _spec(decode=AUTOSCALED)
+    external = _spec(decode={"autoscaling": {"enabled": True, "scaler": "External"}})
+    assert children_to_read(plain, prune=True) == list(CHILD_KINDS)
+    assert children_to_read(plain, prune=False) == []
+    assert children_to_read(scaled, prune=False) == [DEPLOYMENT, ROLE_SCALE]
+    assert children_for_status(plain) == [DEPLOYMENT]
+    assert children_for_status(scaled) == [DEPLOYMENT]
+    assert children_for_status(external) == [DEPLOYMENT, ROLE_SCALE]
+
+
+def test_current_replicas_by_role() -> None:
+    assert current_replicas([_role_deployment("decode", 3, 1), _role_deployment("encode", 0, 1)]) == {
+        "decode": 3,
+        "encode": 0,
+    }
+
+
+def test_retry_delay_backs_off_and_honours_retry_after() -> None:
+    assert [retry_delay(n) for n in range(9)] == [1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 60.0, 60.0]
+    assert retry_delay(0, retry_after=7.0) == 7.0
+    assert retry_delay(6, retry_after=7.0) == 60.0

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from triptych_contract import API_GROUP, API_VERSION, PLURAL
 from triptych_operator import kube
+from triptych_operator.api import ROLE_KIND
+from triptych_operator.cluster import CHILD_KINDS, ChildRef
 from triptych_operator.handlers import CHILDREN, KOPF_PERMISSIONS
-from triptych_operator.plan import ChildRef
-from triptych_operator.spec import ROLE_KIND
 
 ROOT = Path(__file__).resolve().parents[3]
 GEN_RBAC = ROOT / "hack" / "gen-rbac"
@@ -82,9 +82,9 @@ _OWNER = {"metadata": {"name": "mm", "namespace": NS, "uid": "u"}}
 DRIVERS: dict[str, Callable[[kube.Kube], object]] = {
     "get_owner": lambda k: k.get_owner(NS, "mm"),
     "patch_status": lambda k: k.patch_status(NS, "mm", {"mode": "EPD"}),
-    "apply": lambda k: [k.apply(_child(av, kind)) for av, kind in kube.CHILD_KINDS],
+    "apply": lambda k: [k.apply(_child(av, kind)) for av, kind in CHILD_KINDS],
     "list_children": lambda k: k.list_children(NS, "mm"),
-    "delete": lambda k: [k.delete(ChildRef(av, kind, "c", "uid", None), NS) for av, kind in kube.CHILD_KINDS],
+    "delete": lambda k: [k.delete(ChildRef(av, kind, "c", "uid", None), NS) for av, kind in CHILD_KINDS],
     "seed_replicas": lambda k: k.seed_replicas(_ROLE, 1),
     "patch_child_status": lambda k: k.patch_child_status(_ROLE, {"replicas": 1}),
     "replica_sets": lambda k: k.replica_sets(NS, "mm"),

@@ -17,13 +17,13 @@ from typing import Any
 import kopf
 import pytest
 from triptych_contract import METRIC_QUEUE_DEPTH
+from triptych_operator import plan as plan_module
 from triptych_operator.autoscaler.evaluate import Autoscaler
 from triptych_operator.autoscaler.sources import PodMetrics
-from triptych_operator.handlers import reconcile as reconcile_module
+from triptych_operator.cluster import CHILD_KINDS, ChildRef, NodeFacts
 from triptych_operator.handlers.cache import ObjectCache
 from triptych_operator.handlers.reconcile import Reconciler
-from triptych_operator.kube import CHILD_KINDS, ServerError
-from triptych_operator.plan import ChildRef, NodeFacts
+from triptych_operator.kube import ServerError
 from triptych_operator.settings import OperatorSettings
 
 NS, NAME, UID = "ns", "x", "owner-uid"
@@ -260,7 +260,7 @@ async def test_a_transient_failure_is_requeued_and_shutdown_cancels_it(
     assert kube.calls.count("list_children") == 2  # the reconcile's and the failed one: no retry ran
 
     # With a short backoff, the re-queued refresh runs by itself and succeeds.
-    monkeypatch.setattr(reconcile_module, "RETRY_DELAYS", (0.05,))
+    monkeypatch.setattr(plan_module, "RETRY_DELAYS", (0.05,))
     kube.fail_listing = 1
     await reconciler.child_changed(NS, NAME, "Pod", {"metadata": {"name": "p"}}, deleted=False)
     for _ in range(200):
@@ -479,7 +479,7 @@ async def test_with_a_cache_a_resync_reads_the_api_again() -> None:
     await reconciler.child_changed(NS, NAME, "Pod", _waiting_pod("ContainerCreating"), deleted=False)
     assert cache.get("ConfigMap", (NS, NAME), "x-decode") is not None
     kube.calls.clear()
-    await reconciler._request((NS, NAME), full=True, fresh=True)
+    await reconciler.queue.request((NS, NAME), full=True, fresh=True)
     assert kube.calls[:2] == ["get_owner", "node_facts"]
     assert "list_children" in kube.calls
     assert _applies(kube) == ["apply ConfigMap x-decode"]  # the one that went, no other

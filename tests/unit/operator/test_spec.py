@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from triptych_operator.spec import (
+from triptych_operator.api import (
     MAX_NAME_LENGTH,
     MultimodalDeploymentSpec,
     SpecError,

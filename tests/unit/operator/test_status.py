@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from triptych_operator.spec import parse_spec
+from triptych_operator.api import parse_spec
 from triptych_operator.status import (
     Blocker,
     compute_status,

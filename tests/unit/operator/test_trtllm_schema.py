@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import yaml
 from triptych_contract import CONFIG_DIR
+from triptych_operator.api import parse_spec
 from triptych_operator.builders import build_children
+from triptych_operator.naming import Owner
 from triptych_operator.settings import OperatorSettings
-from triptych_operator.spec import parse_spec
 
 from tests.backend_cases import serving_specs, uncovered
 
@@ -44,7 +45,7 @@ class Generated:
 
 def generate(spec_raw: dict[str, Any], *, rdma_available: bool) -> dict[str, Generated]:
     spec = parse_spec(spec_raw)
-    children = build_children(NAME, "ns", "u", spec, SETTINGS, rdma_available=rdma_available)
+    children = build_children(Owner(NAME, "ns", "u"), spec, SETTINGS, rdma_available=rdma_available)
     config_maps = {c["metadata"]["name"]: c for c in children if c["kind"] == "ConfigMap"}
     out = {}
     for child in children:

@@ -2,8 +2,10 @@
 
 Adding a backend: write `builders/backends/<name>.py` with a `BackendProfile` subclass (an engine that is
 its own server derives from `EngineServerProfile` and writes only `command` and `max_num_seqs_flag`), add
-it to `PROFILES`, and add its name to the API's `Backend` enum; on the workers' side, one entry in the
-engine registry. The generic builder (`builders/objects.py`) and everything above it stay as they are.
+it to `PROFILES`, add its name to the contract's `Backend` and its row to the contract's table of backend
+facts (`triptych_contract.backends`: devices, RDMA, default image and /dev/shm, batch default; the API's
+CEL rules and the settings read it from there); on the workers' side, one entry in the engine registry.
+The generic builder (`builders/objects.py`) and everything above it stay as they are.
 
 Mapping of a role to each backend's switches (REFERENCE.md, "Backends' own disaggregation switches"; each
 profile's module docstring has the details): encode -> vLLM `--mm-encoder-only` + ec_producer, SGLang

@@ -31,19 +31,14 @@ from triptych_contract import (
     READINESS_PATH,
     Backend,
 )
+from triptych_contract.backends import BACKEND_FACTS, BUILTIN_MODEL_PREPARE_MODULE, BackendFacts
 
-from triptych_operator.spec import MultimodalDeploymentSpec, Role, RoleBase, WorkerRole
+from triptych_operator.api import MultimodalDeploymentSpec, Role, RoleBase, WorkerRole
 
 MODEL_MOUNT = "/models"
 # The builtin model (model.source.builtin, and always the reference backend's): the worker image writes it.
 BUILTIN_MODEL_DIR = f"{MODEL_MOUNT}/reference"
-BUILTIN_PREPARE_COMMAND = [
-    "python",
-    "-m",
-    "triptych_workers.engines.reference.prepare",
-    "--out",
-    BUILTIN_MODEL_DIR,
-]
+BUILTIN_PREPARE_COMMAND = ["python", "-m", BUILTIN_MODEL_PREPARE_MODULE, "--out", BUILTIN_MODEL_DIR]
 BUILTIN_MODEL_VOLUME_SIZE = "1Gi"
 PREPARE_RESOURCES = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - engines serve the pod network (the worker and the frontend call them)
@@ -144,15 +139,16 @@ class BackendProfile(ABC):
     """One serving backend, as the operator sees it. Profiles are stateless: one instance serves all."""
 
     name: ClassVar[Backend]
-    default_image: ClassVar[str]
-    shm_size: ClassVar[str]  # /dev/shm (a memory emptyDir) of worker pods
-    uses_gpus: ClassVar[bool]
-    default_max_num_seqs: ClassVar[int]  # a worker role's maxNumSeqs when the spec gives none
+
+    @property
+    def facts(self) -> BackendFacts:
+        """What the contract's table says of this backend (devices, RDMA, default image, shm, batch)."""
+        return BACKEND_FACTS[self.name]
 
     def max_num_seqs(self, worker: WorkerRole) -> int:
         """Requests one pod of a worker role runs at once: the role's maxNumSeqs, else this backend's
         default. The engine's batch limit and the worker's serving.concurrency both come from here."""
-        return self.default_max_num_seqs if worker.max_num_seqs is None else worker.max_num_seqs
+        return self.facts.default_max_num_seqs if worker.max_num_seqs is None else worker.max_num_seqs
 
     def model_ref(self, spec: MultimodalDeploymentSpec) -> str:
         """What the engine loads: a path under the PVC mount, the builtin model's directory, else a hub id
@@ -189,8 +185,6 @@ class EngineServerProfile(BackendProfile):
     """A backend whose engine is its own server process (vLLM, SGLang, TensorRT-LLM): the engine container
     on ENGINE_PORT does the KV and embedding transfers itself; triptych-worker is its sidecar."""
 
-    uses_gpus = True
-    default_max_num_seqs = 256  # vLLM's familiar default: lets the engine batch
     max_num_seqs_flag: ClassVar[str]  # the engine's option for `max_num_seqs` (vLLM's --max-num-seqs)
 
     @abstractmethod

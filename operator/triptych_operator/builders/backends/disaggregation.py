@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from triptych_operator.spec import MultimodalDeploymentSpec, Role
+from triptych_operator.api import MultimodalDeploymentSpec, Role
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ shared volume is needed. A `model.source.pvc` is mounted instead when given.
 
 from __future__ import annotations
 
+from triptych_operator.api import MultimodalDeploymentSpec
 from triptych_operator.builders.backends.base import (
     BUILTIN_MODEL_DIR,
     FRONTEND_REQUESTS,
@@ -18,20 +19,13 @@ from triptych_operator.builders.backends.base import (
     PodParts,
     main_worker_container,
 )
-from triptych_operator.spec import MultimodalDeploymentSpec
 
-# What `hack/images build worker-reference` imports into the local cluster's node.
-REFERENCE_IMAGE = "localhost/triptych/worker-reference:dev"
 # The reference model is tiny: a small CPU request lets a demo and a test deployment share the 2-core node.
 REFERENCE_WORKER_REQUESTS = {"cpu": "100m", "memory": "1Gi"}
 
 
 class ReferenceProfile(BackendProfile):
     name = "reference"
-    default_image = REFERENCE_IMAGE
-    shm_size = "256Mi"
-    uses_gpus = False
-    default_max_num_seqs = 8  # its engine interleaves requests token by token on one thread
 
     def model_ref(self, spec: MultimodalDeploymentSpec) -> str:
         src = spec.model.source
@@ -46,4 +40,4 @@ class ReferenceProfile(BackendProfile):
         return PodParts([main_worker_container(ctx, requests, mounts)], init, volumes)
 
 
-__all__ = ["REFERENCE_IMAGE", "ReferenceProfile"]
+__all__ = ["ReferenceProfile"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from triptych_contract import ENGINE_PORT
 
+from triptych_operator.api import MultimodalDeploymentSpec, Role, WorkerRole
 from triptych_operator.builders.backends.base import (
     ALL_INTERFACES,
     EngineCommand,
@@ -16,15 +17,10 @@ from triptych_operator.builders.backends.base import (
     pod_ip_env,
 )
 from triptych_operator.builders.backends.disaggregation import role_flags
-from triptych_operator.spec import MultimodalDeploymentSpec, Role, WorkerRole
-
-IMAGE = "localhost/triptych-worker-sglang:0.1.0"
 
 
 class SglangProfile(EngineServerProfile):
     name = "sglang"
-    default_image = IMAGE
-    shm_size = "16Gi"
     max_num_seqs_flag = "--max-running-requests"
 
     def command(self, spec: MultimodalDeploymentSpec, role: Role, worker: WorkerRole) -> EngineCommand:

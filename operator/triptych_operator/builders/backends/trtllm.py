@@ -13,18 +13,15 @@ from typing import Any
 
 from triptych_contract import CONFIG_DIR, ENGINE_PORT
 
+from triptych_operator.api import MultimodalDeploymentSpec, Role, WorkerRole
 from triptych_operator.builders.backends.base import ALL_INTERFACES, EngineCommand, EngineServerProfile
 from triptych_operator.builders.backends.disaggregation import role_flags
-from triptych_operator.spec import MultimodalDeploymentSpec, Role, WorkerRole
 
-IMAGE = "localhost/triptych-worker-trtllm:0.1.0"
 ENGINE_CONFIG_FILE = "engine.yaml"
 
 
 class TrtllmProfile(EngineServerProfile):
     name = "trtllm"
-    default_image = IMAGE
-    shm_size = "32Gi"  # TRT-LLM wants up to 80 GiB on large models (REFERENCE.md)
     max_num_seqs_flag = "--max_batch_size"  # both serve and mm_embedding_serve take it
 
     def command(self, spec: MultimodalDeploymentSpec, role: Role, worker: WorkerRole) -> EngineCommand:

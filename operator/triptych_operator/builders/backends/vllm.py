@@ -33,6 +33,7 @@ import hashlib
 
 from triptych_contract import ENGINE_PORT
 
+from triptych_operator.api import MultimodalDeploymentSpec, Role, WorkerRole
 from triptych_operator.builders.backends.base import (
     ALL_INTERFACES,
     FRONTEND_REQUESTS,
@@ -47,11 +48,7 @@ from triptych_operator.builders.backends.base import (
     pod_ip_env,
 )
 from triptych_operator.builders.backends.disaggregation import role_flags
-from triptych_operator.spec import MultimodalDeploymentSpec, Role, WorkerRole
 
-# What `hack/images build worker-vllm` imports into the local cluster's node: the CPU build. A GPU cluster
-# sets the operator's vllm image (chart value images.vllm) to a CUDA build of vLLM with triptych-workers.
-IMAGE = "localhost/triptych/worker-vllm:dev"
 NIXL_SIDE_CHANNEL_PORT = 5600  # vLLM's default VLLM_NIXL_SIDE_CHANNEL_PORT (+ data-parallel rank)
 EC_SIDE_CHANNEL_PORT = 5700
 # vLLM's encoder-only instances batch many images per step (REFERENCE.md: a large --max-num-batched-tokens).
@@ -77,8 +74,6 @@ def _ec_config(role: str, *, cpu: bool) -> dict[str, object]:
 
 class VllmProfile(EngineServerProfile):
     name = "vllm"
-    default_image = IMAGE
-    shm_size = "16Gi"  # vLLM 8-16 GiB (REFERENCE.md)
     max_num_seqs_flag = "--max-num-seqs"
 
     def command(self, spec: MultimodalDeploymentSpec, role: Role, worker: WorkerRole) -> EngineCommand:
