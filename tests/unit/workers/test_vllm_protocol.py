@@ -11,8 +11,10 @@ import base64
 import json
 
 import pytest
-from triptych_workers.engines.base import EngineError, PlaceholderSpan, SamplingParams, TokenFrame, coalesce
+from triptych_workers.engines.errors import EngineError
 from triptych_workers.engines.load import parse_load
+from triptych_workers.engines.media import PlaceholderSpan
+from triptych_workers.engines.sampling import SamplingParams, TokenFrame, coalesce
 from triptych_workers.engines.vllm import protocol
 from triptych_workers.errors import ClientError
 

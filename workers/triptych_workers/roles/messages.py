@@ -19,14 +19,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, JsonValue
 from triptych_contract import Modality
 
-from triptych_workers.engines.base import (
-    FinishReason,
-    KVLayout,
-    PlaceholderSpan,
-    RenderedPrompt,
-    SamplingParams,
-    TokenFrame,
-)
+from triptych_workers.engines.kv import KVLayout
+from triptych_workers.engines.media import PlaceholderSpan, RenderedPrompt
+from triptych_workers.engines.sampling import FinishReason, SamplingParams, TokenFrame
 
 VERB_ENCODE = "encode"
 VERB_PREFILL = "prefill"

@@ -45,7 +45,7 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
-from triptych_workers.engines.base import ModelDirError
+from triptych_workers.engines.errors import ModelDirError
 from triptych_workers.engines.reference.spec import (
     AUDIO_PAD,
     AUDIO_START,

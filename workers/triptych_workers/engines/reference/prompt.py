@@ -17,13 +17,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 from triptych_contract import Modality
 
-from triptych_workers.engines.base import (
-    InvalidEngineInputError,
-    MediaItem,
-    PlaceholderSpan,
-    PromptTooLongError,
-    RenderedPrompt,
-)
+from triptych_workers.engines.errors import InvalidEngineInputError, PromptTooLongError
+from triptych_workers.engines.media import MediaItem, PlaceholderSpan, RenderedPrompt
 from triptych_workers.engines.reference.spec import read_manifest, spec_from_manifest
 from triptych_workers.engines.text import IncrementalDetokenizer
 

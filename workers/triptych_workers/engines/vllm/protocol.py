@@ -28,15 +28,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from triptych_workers.engines.base import (
-    EngineError,
-    FinishReason,
-    PlaceholderSpan,
-    SamplingParams,
-    TokenFrame,
-    UnsupportedModalityError,
-)
+from triptych_workers.engines.errors import EngineError, UnsupportedModalityError
 from triptych_workers.engines.load import LoadGauges
+from triptych_workers.engines.media import PlaceholderSpan
+from triptych_workers.engines.sampling import FinishReason, SamplingParams, TokenFrame
 from triptych_workers.errors import ClientError
 
 GENERATE_PATH = "/inference/v1/generate"
