@@ -41,12 +41,17 @@ class MediaItem:
 
 @dataclass(frozen=True, slots=True)
 class PlaceholderSpan:
-    """Where one media item's embeddings go in the prompt: ``length`` placeholder tokens from ``offset``."""
+    """Where one media item is in the prompt: ``length`` tokens from ``offset``, all of them the item's
+    expansion (its embedding positions, and for some models tokens around them: Idefics3's tile and
+    row/column tokens). ``placeholder`` is the one token the chat template wrote for the item before it was
+    expanded: what a backend that expands placeholders itself (vLLM) is sent in the span's place. ``None``:
+    the span is a run of that one token (the reference model's)."""
 
     modality: Modality
     offset: int
     length: int
     media_hash: str
+    placeholder: int | None = None
 
     @property
     def end(self) -> int:

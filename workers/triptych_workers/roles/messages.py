@@ -49,13 +49,20 @@ class SpanMessage(Message):
     offset: int
     length: int
     media_hash: str
+    placeholder: int | None = None
 
     @classmethod
     def of(cls, span: PlaceholderSpan) -> SpanMessage:
-        return cls(modality=span.modality, offset=span.offset, length=span.length, media_hash=span.media_hash)
+        return cls(
+            modality=span.modality,
+            offset=span.offset,
+            length=span.length,
+            media_hash=span.media_hash,
+            placeholder=span.placeholder,
+        )
 
     def unit(self) -> PlaceholderSpan:
-        return PlaceholderSpan(self.modality, self.offset, self.length, self.media_hash)
+        return PlaceholderSpan(self.modality, self.offset, self.length, self.media_hash, self.placeholder)
 
 
 class MediaRef(Message):

@@ -147,7 +147,7 @@ class ReferencePrompter:
                     param="messages",
                 )
             count = self.placeholder_count(item)
-            spans.append(PlaceholderSpan(modality, len(out), count, item.media_hash))
+            spans.append(PlaceholderSpan(modality, len(out), count, item.media_hash, token_id))
             out.extend([token_id] * count)
         if pending:
             raise InvalidEngineInputError(
