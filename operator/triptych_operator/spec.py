@@ -96,8 +96,20 @@ class ApiModel(BaseModel):
 # ------------------------------------------------------------------------------------------------ model
 
 
-BUILTIN_MODELS = ("tiny-qwen2-vl",)
-BuiltinModel = Literal["tiny-qwen2-vl"]
+# The models the worker image writes itself (triptych_workers.engines.builtin.catalog holds the same names;
+# a unit test keeps them equal). tiny-qwen2-vl is the reference backend's; the others are for vLLM.
+BUILTIN_MODELS = (
+    "tiny-qwen2-vl",
+    "tiny-llava",
+    "tiny-llava-next",
+    "tiny-qwen2.5-vl",
+    "tiny-idefics3",
+    "tiny-qwen2-audio",
+)
+BuiltinModel = Literal[
+    "tiny-qwen2-vl", "tiny-llava", "tiny-llava-next", "tiny-qwen2.5-vl", "tiny-idefics3", "tiny-qwen2-audio"
+]
+REFERENCE_BUILTIN = "tiny-qwen2-vl"
 
 
 class ModelSource(ApiModel):
@@ -145,9 +157,11 @@ class ModelSource(ApiModel):
     )
     builtin: BuiltinModel | None = Field(
         default=None,
-        description="A model the worker image writes itself into each pod (an init container, seconds): "
-        "tiny-qwen2-vl, the fixed-seed random-weight Qwen2-VL the reference backend serves (its answers are "
-        "noise; for trying a pipeline without weights or a hub). The reference backend always serves it.",
+        description="A model the worker image writes itself into each pod (an init container, seconds), "
+        "with fixed-seed random weights (its answers are noise; for trying a pipeline without weights or a "
+        "hub): tiny-qwen2-vl, the Qwen2-VL the reference backend always serves; for vllm also tiny-llava "
+        "(LLaVA 1.5), tiny-llava-next, tiny-qwen2.5-vl (images and videos), tiny-idefics3 and "
+        "tiny-qwen2-audio (audio), each of its architecture's real config, processor and chat template.",
     )
 
 
@@ -771,6 +785,13 @@ _SPEC_RULES = [
         reason="FieldValueForbidden",
     ),
     cel(
+        f"self.backend != 'reference' || !has(self.model.source) || !has(self.model.source.builtin) "
+        f"|| self.model.source.builtin == '{REFERENCE_BUILTIN}'",
+        f"the reference backend serves the builtin {REFERENCE_BUILTIN} only",
+        field_path=".model.source.builtin",
+        reason="FieldValueInvalid",
+    ),
+    cel(
         "self.backend != 'reference' || !has(self.topology) || !has(self.topology.gpuProduct)",
         "topology.gpuProduct is not available with the reference backend (CPU)",
         field_path=".topology.gpuProduct",
@@ -1270,6 +1291,10 @@ def validate_spec(  # noqa: PLR0912 - a flat list of independent checks
                 out.append(Violation("spec.model.source.path", "needs model.source.pvc"))
             if ".." in src.path.split("/"):
                 out.append(Violation("spec.model.source.path", "must not contain '..' segments"))
+    if spec.backend == "reference" and src is not None and src.builtin not in (None, REFERENCE_BUILTIN):
+        out.append(
+            Violation("spec.model.source.builtin", f"the reference backend serves {REFERENCE_BUILTIN} only")
+        )
     if (spec.media.allowed_local_media_path == "") != (spec.media.local_media_pvc is None):
         out.append(
             Violation("spec.media.localMediaPVC", "goes together with media.allowedLocalMediaPath (set both)")

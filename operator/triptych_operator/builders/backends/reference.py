@@ -18,7 +18,7 @@ from triptych_operator.builders.backends.base import (
     PodParts,
     main_worker_container,
 )
-from triptych_operator.spec import MultimodalDeploymentSpec
+from triptych_operator.spec import REFERENCE_BUILTIN, MultimodalDeploymentSpec
 
 # What `hack/images build worker-reference` imports into the local cluster's node.
 REFERENCE_IMAGE = "localhost/triptych/worker-reference:dev"
@@ -41,7 +41,7 @@ class ReferenceProfile(BackendProfile):
 
     def pod_parts(self, ctx: PodContext, engine: EngineCommand | None) -> PodParts:
         # Every role reads the model, the frontend too (it renders the chat template with the tokenizer).
-        volumes, mounts, init = ctx.local_model(builtin=True)
+        volumes, mounts, init = ctx.local_model(builtin=REFERENCE_BUILTIN)
         requests = FRONTEND_REQUESTS if ctx.worker is None else REFERENCE_WORKER_REQUESTS
         return PodParts([main_worker_container(ctx, requests, mounts)], init, volumes)
 
