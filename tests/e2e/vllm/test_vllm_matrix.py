@@ -26,12 +26,10 @@ from typing import Any
 
 import openai
 import pytest
-import yaml
 
 from tests.e2e.conftest import build_images
 from tests.e2e.pipeline.test_reference_cluster import (
     _data_url,
-    _diagnostics,
     _example,
     _image_content,
     _png,
@@ -39,12 +37,11 @@ from tests.e2e.pipeline.test_reference_cluster import (
     frontend,
 )
 from tests.e2e.vllm.test_vllm_cluster import (
-    ENGINE_PORT,
-    IMAGE,
     READY_TIMEOUT_S,
     _check_up,
     _logs,
-    forwarded,
+    plain_vllm,
+    plain_vllm_pod,
 )
 from tests.kube import Kube
 from tests.reference_answers import Answer, streamed_answer
@@ -59,67 +56,26 @@ NOT_YET = (
 MODES = {"EPD": "vllm-cpu-epd.yaml", "E/P/D": "vllm-cpu-e-p-d.yaml"}
 
 
-def plain_pod(builtin: str) -> dict[str, Any]:
-    """A bare vLLM Pod serving ``builtin``, written by the same command the operator's init containers run."""
-    model_dir = f"/models/{builtin}"
-    pod: dict[str, Any] = yaml.safe_load(f"""
-apiVersion: v1
-kind: Pod
-metadata: {{name: plain-vllm, labels: {{app: plain-vllm}}}}
-spec:
-  nodeSelector: {{triptych.dev/node-kind: real}}
-  initContainers:
-  - name: prepare-model
-    image: {IMAGE}
-    imagePullPolicy: Never
-    command: [python, -m, triptych_workers.engines.builtin.prepare, --model, {builtin}, --out, {model_dir}]
-    volumeMounts: [{{name: model, mountPath: /models}}]
-  containers:
-  - name: vllm
-    image: {IMAGE}
-    imagePullPolicy: Never
-    command: [python, -m, vllm.entrypoints.openai.api_server, --model, {model_dir},
-              --served-model-name, triptych/{builtin}, --host, 0.0.0.0, --port, "{ENGINE_PORT}"]
-    env:
-    - {{name: VLLM_TARGET_DEVICE, value: cpu}}
-    - {{name: VLLM_CPU_KVCACHE_SPACE, value: "1"}}
-    - {{name: VLLM_CPU_OMP_THREADS_BIND, value: nobind}}
-    - {{name: HF_HUB_OFFLINE, value: "1"}}
-    - name: VLLM_HOST_IP
-      valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
-    readinessProbe: {{httpGet: {{path: /health, port: {ENGINE_PORT}}}, periodSeconds: 2}}
-    resources: {{requests: {{cpu: 250m, memory: 2Gi}}}}
-    volumeMounts: [{{name: model, mountPath: /models, readOnly: true}}, {{name: shm, mountPath: /dev/shm}}]
-  volumes:
-  - {{name: model, emptyDir: {{}}}}
-  - {{name: shm, emptyDir: {{medium: Memory, sizeLimit: 1Gi}}}}
-""")
-    return pod
-
-
 def _ask(client: openai.OpenAI, builtin: str) -> Answer:
     content = _image_content(_data_url(_png(7)))
     return streamed_answer(client, f"triptych/{builtin}", content, max_tokens=MAX_TOKENS, ignore_eos=True)
 
 
 def _plain_answer(kube: Kube, builtin: str) -> Answer:
-    namespace = "t-plain-vllm-matrix"
-    kube.run("create", "namespace", namespace, check=False)
-    kube.run("label", "namespace", namespace, "triptych.dev/test=true", "--overwrite")
-    pod = plain_pod(builtin)
-    pod["metadata"]["namespace"] = namespace
-    kube.apply(pod)
-    try:
-        wait = kube.run(
-            "wait", "--for=condition=Ready", "pod/plain-vllm", "-n", namespace,
-            f"--timeout={READY_TIMEOUT_S}s", check=False, timeout=READY_TIMEOUT_S + 15,
-        )  # fmt: skip
-        assert wait.returncode == 0, f"plain vLLM not Ready: {wait.stderr}\n{_diagnostics(kube, namespace)}"
-        with forwarded(kube, namespace, "pod/plain-vllm", ENGINE_PORT) as base:
-            client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=120, max_retries=0)
-            return _ask(client, builtin)
-    finally:
-        kube.run("delete", "namespace", namespace, "--wait=true", "--timeout=120s", check=False, timeout=135)
+    model_dir = f"/models/{builtin}"
+    prepare = [
+        "python",
+        "-m",
+        "triptych_workers.engines.builtin.prepare",
+        "--model",
+        builtin,
+        "--out",
+        model_dir,
+    ]
+    with plain_vllm(
+        kube, "t-plain-vllm-matrix", plain_vllm_pod(prepare, model_dir, f"triptych/{builtin}")
+    ) as c:
+        return _ask(c, builtin)
 
 
 def _deployment(file: str, namespace: str, builtin: str) -> dict[str, Any]:

@@ -4,13 +4,15 @@ Torch-free: the frontend, the request plane and the data plane all carry them.""
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy.typing as npt
 from triptych_contract import Modality
 
-from triptych_workers.engines.errors import InvalidEngineInputError
+from triptych_workers.engines.errors import InvalidEngineInputError, PromptTooLongError
 from triptych_workers.engines.tensors import TensorBuffer
 
 
@@ -67,6 +69,49 @@ class RenderedPrompt:
 
     def __len__(self) -> int:
         return len(self.token_ids)
+
+
+def expand_placeholders(
+    token_ids: Sequence[int],
+    media: Sequence[MediaItem],
+    placeholders: Mapping[int, Modality],
+    expansion: Callable[[MediaItem], Sequence[int]],
+    *,
+    max_model_len: int,
+) -> RenderedPrompt:
+    """The prompt with each placeholder token (``placeholders``: its id -> the modality it stands for)
+    replaced by ``expansion(item)`` for the next media item, in order; one span per item. Placeholders and
+    media must pair up one to one, modality by modality, and the prompt must leave room in a
+    ``max_model_len``-token context (0: no limit known)."""
+    out: list[int] = []
+    spans: list[PlaceholderSpan] = []
+    pending = deque(media)
+    for token_id in token_ids:
+        modality = placeholders.get(token_id)
+        if modality is None:
+            out.append(token_id)
+            continue
+        if not pending:
+            raise InvalidEngineInputError(
+                f"the prompt has more {modality} placeholders than media", param="messages"
+            )
+        item = pending.popleft()
+        if item.modality != modality:
+            raise InvalidEngineInputError(
+                f"placeholder for {modality} met a {item.modality} item; media out of order", param="messages"
+            )
+        expanded = expansion(item)
+        spans.append(PlaceholderSpan(modality, len(out), len(expanded), item.media_hash, token_id))
+        out.extend(expanded)
+    if pending:
+        raise InvalidEngineInputError(
+            f"{len(pending)} media item(s) have no placeholder in the prompt", param="messages"
+        )
+    if max_model_len and len(out) >= max_model_len:
+        raise PromptTooLongError(
+            f"prompt of {len(out)} tokens leaves no room in a {max_model_len}-token context", param="messages"
+        )
+    return RenderedPrompt(tuple(out), tuple(spans))
 
 
 @dataclass(frozen=True, slots=True)

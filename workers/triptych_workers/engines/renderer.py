@@ -35,7 +35,7 @@ loads it through the registry, in its own process; the reference backend's front
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,9 +47,8 @@ from triptych_contract import Modality
 from triptych_workers.engines.errors import (
     InvalidEngineInputError,
     ModelDirError,
-    PromptTooLongError,
 )
-from triptych_workers.engines.media import MediaItem, PlaceholderSpan, RenderedPrompt
+from triptych_workers.engines.media import MediaItem, RenderedPrompt, expand_placeholders
 
 # The architectures (config.json's ``architectures[0]``) this renderer is proven on, and what each takes.
 ARCHITECTURES: Mapping[str, tuple[Modality, ...]] = {
@@ -203,37 +202,9 @@ class ProcessorRenderer:
         return str(text)
 
     def _expand(self, ids: Sequence[int], media: Sequence[MediaItem]) -> RenderedPrompt:
-        out: list[int] = []
-        spans: list[PlaceholderSpan] = []
-        pending = deque(media)
-        for token_id in ids:
-            modality = self._placeholders.get(token_id)
-            if modality is None:
-                out.append(token_id)
-                continue
-            if not pending:
-                raise InvalidEngineInputError(
-                    f"the prompt has more {modality} placeholders than media", param="messages"
-                )
-            item = pending.popleft()
-            if item.modality != modality:
-                raise InvalidEngineInputError(
-                    f"placeholder for {modality} met a {item.modality} item; media out of order",
-                    param="messages",
-                )
-            expansion = self.expansion(item)
-            spans.append(PlaceholderSpan(modality, len(out), len(expansion), item.media_hash, token_id))
-            out.extend(expansion)
-        if pending:
-            raise InvalidEngineInputError(
-                f"{len(pending)} media item(s) have no placeholder in the prompt", param="messages"
-            )
-        if self.max_model_len and len(out) >= self.max_model_len:
-            raise PromptTooLongError(
-                f"prompt of {len(out)} tokens leaves no room in a {self.max_model_len}-token context",
-                param="messages",
-            )
-        return RenderedPrompt(tuple(out), tuple(spans))
+        return expand_placeholders(
+            ids, media, self._placeholders, self.expansion, max_model_len=self.max_model_len
+        )
 
     def expansion(self, item: MediaItem) -> tuple[int, ...]:
         """The token ids one placeholder becomes for ``item``: the processor's, for its geometry (called

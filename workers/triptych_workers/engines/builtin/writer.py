@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,17 +26,19 @@ from typing import Any
 
 import torch
 import transformers
+from safetensors.numpy import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from triptych_workers.engines.builtin.catalog import BUILTINS, REFERENCE
 from triptych_workers.engines.errors import ModelDirError
+from triptych_workers.engines.model_files import write_once
 from triptych_workers.engines.reference.spec import MODEL_CACHE_ENV, TOKENIZER_CORPUS
 
 # transformers' classes are only partially typed: they are used through Any.
 tf: Any = transformers
 
 MANIFEST = "triptych-builtin.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: weights under their published names
 SEED = 20261124
 INIT_STD = 0.08
 VOCAB_SIZE = 512
@@ -348,6 +348,32 @@ _WRITERS: Mapping[str, Callable[[], Written]] = {
 }
 
 
+# transformers 5 saves some architectures under its own module names, not the ones their published
+# checkpoints use, which is what vLLM loads (vLLM 0.32 refused tiny-llava's "vision_tower.embeddings.*":
+# it knows "vision_tower.vision_model.embeddings.*", as in llava-hf's checkpoints). These prefixes are put
+# back; transformers loads either form.
+_PUBLISHED_NAMES: Mapping[str, tuple[tuple[str, str], ...]] = {
+    "tiny-llava": (("vision_tower.", "vision_tower.vision_model."),),
+    "tiny-llava-next": (("vision_tower.", "vision_tower.vision_model."),),
+    "tiny-qwen2-audio": (("language_model.model.model.", "language_model.model."),),
+}
+
+
+def _publish_names(weights: Path, renames: Sequence[tuple[str, str]]) -> None:
+    if not renames:
+        return
+
+    def published(key: str) -> str:
+        for old, new in renames:
+            # (an old prefix that the new one extends is not renamed twice)
+            if key.startswith(old) and not (len(new) > len(old) and key.startswith(new)):
+                return new + key[len(old) :]
+        return key
+
+    tensors = load_file(str(weights))
+    save_file({published(k): v for k, v in tensors.items()}, str(weights), metadata={"format": "pt"})
+
+
 def digest(name: str) -> str:
     """What names one builtin's files: its name, the writer's format and the transformers version that
     serialises the configs (another version may write other keys)."""
@@ -373,23 +399,7 @@ def write_builtin(name: str, target: Path | None = None) -> Path:
             f"no builtin model {name!r} here (these are: {known}; {REFERENCE} is the reference's)"
         )
     target = default_dir(name) if target is None else target
-    if target.exists():
-        _check_existing(target, name)
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        _write(name, tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not target.exists():
-                raise
-            _check_existing(target, name)  # another writer won the race with the same content
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return write_once(target, lambda out: _write(name, out), lambda t: _check_existing(t, name))
 
 
 def _check_existing(target: Path, name: str) -> None:
@@ -415,6 +425,7 @@ def _write(name: str, out: Path) -> None:
         bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id
     )
     model.save_pretrained(str(out))
+    _publish_names(out / "model.safetensors", _PUBLISHED_NAMES.get(name, ()))
     processor.save_pretrained(str(out))
     (out / MANIFEST).write_text(json.dumps({"name": name, "digest": digest(name)}, indent=2, sort_keys=True))
     # safetensors writes 0600; the workers reading a volume an init container filled may run as another user.
