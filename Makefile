@@ -46,9 +46,11 @@ test-argocd: venv ## opt-in: a real Argo CD (built once from Go modules) syncs a
 	hack/build-tools argocd >/dev/null
 	TRIPTYCH_ARGOCD=1 $(PY) -m pytest tests/e2e/argocd
 
-# The SGLang venv (cold: 2-3 min and 6 GB, torch with its CUDA libraries; then cached) is made first.
-test-backends: venv ## opt-in: SGLang's own parser and resolution judge every command line the operator writes
+# The SGLang and vLLM venvs (cold: 2-3 min and 6 GB each, torch with its CUDA libraries; then cached) are
+# made first.
+test-backends: venv ## opt-in: SGLang's own parser judges the operator's command lines; vLLM's renderer the frontend's prompts
 	hack/backend-venv sglang >/dev/null
+	hack/backend-venv vllm >/dev/null
 	TRIPTYCH_BACKENDS=1 $(PY) -m pytest tests/integration/backends
 
 # The vLLM image (cold: a few minutes and ~2 GB over the reference image; then cached) is built first.

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 import openai
-from triptych_workers.engines.base import EncodeRequest, MediaItem, SamplingParams
+from triptych_workers.engines.media import EncodeRequest, MediaItem
 from triptych_workers.engines.reference.engine import ReferenceEngine
+from triptych_workers.engines.sampling import SamplingParams
 from triptych_workers.hashing import hash_media
 from triptych_workers.media.image import decode_image
 
@@ -45,7 +46,7 @@ def greedy_answers(
                 media = [
                     MediaItem("image", hash_media(png).hex, np.asarray(decode_image(png))) for png in images
                 ]
-                prompt = engine.render_chat([{"role": "user", "content": content}], media)
+                prompt = engine.prompter.render_chat([{"role": "user", "content": content}], media)
                 encoded = await engine.encode(
                     [EncodeRequest(m, s) for m, s in zip(media, prompt.spans, strict=True)]
                 )

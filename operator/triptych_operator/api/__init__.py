@@ -45,11 +45,14 @@ from triptych_operator.api.rules import (
     validate_spec,
     validate_update,
 )
+from triptych_operator.api.sections import BUILTIN_MODELS, REFERENCE_BUILTIN, BuiltinModel
 from triptych_operator.api.spec import MultimodalDeploymentSpec
 from triptych_operator.api.status import Condition, MultimodalDeploymentStatus, RoleStatus
 
 __all__ = [
+    "BUILTIN_MODELS",
     "MAX_NAME_LENGTH",
+    "REFERENCE_BUILTIN",
     "ROLE_KIND",
     "ROLE_PLURAL",
     "ROLE_SHORT_NAMES",
@@ -57,6 +60,7 @@ __all__ = [
     "WORKER_ROLES",
     "AutoscalingSpec",
     "AutoscalingTargets",
+    "BuiltinModel",
     "Condition",
     "DeploymentAutoscalingSpec",
     "Device",

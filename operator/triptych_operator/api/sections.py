@@ -25,8 +25,20 @@ from triptych_operator.api.quantities import Quantity
 # ------------------------------------------------------------------------------------------------ model
 
 
-BUILTIN_MODELS = ("tiny-qwen2-vl",)
-BuiltinModel = Literal["tiny-qwen2-vl"]
+# The models the worker image writes itself (triptych_workers.engines.builtin.catalog holds the same names;
+# a unit test keeps them equal). tiny-qwen2-vl is the reference backend's; the others are for vLLM.
+BUILTIN_MODELS = (
+    "tiny-qwen2-vl",
+    "tiny-llava",
+    "tiny-llava-next",
+    "tiny-qwen2.5-vl",
+    "tiny-idefics3",
+    "tiny-qwen2-audio",
+)
+BuiltinModel = Literal[
+    "tiny-qwen2-vl", "tiny-llava", "tiny-llava-next", "tiny-qwen2.5-vl", "tiny-idefics3", "tiny-qwen2-audio"
+]
+REFERENCE_BUILTIN = "tiny-qwen2-vl"
 
 
 class ModelSource(ApiModel):
@@ -74,9 +86,11 @@ class ModelSource(ApiModel):
     )
     builtin: BuiltinModel | None = Field(
         default=None,
-        description="A model the worker image writes itself into each pod (an init container, seconds): "
-        "tiny-qwen2-vl, the fixed-seed random-weight Qwen2-VL the reference backend serves (its answers are "
-        "noise; for trying a pipeline without weights or a hub). The reference backend always serves it.",
+        description="A model the worker image writes itself into each pod (an init container, seconds), "
+        "with fixed-seed random weights (its answers are noise; for trying a pipeline without weights or a "
+        "hub): tiny-qwen2-vl, the Qwen2-VL the reference backend always serves; for vllm also tiny-llava "
+        "(LLaVA 1.5), tiny-llava-next, tiny-qwen2.5-vl (images and videos), tiny-idefics3 and "
+        "tiny-qwen2-audio (audio), each of its architecture's real config, processor and chat template.",
     )
 
 

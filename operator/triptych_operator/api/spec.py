@@ -27,6 +27,7 @@ from triptych_operator.api.roles import (
     WorkerRole,
 )
 from triptych_operator.api.sections import (
+    REFERENCE_BUILTIN,
     EncoderCacheSpec,
     MediaSpec,
     ModelSpec,
@@ -81,6 +82,13 @@ _SPEC_RULES = [
         f"networking.transport rdma is not available with {_the(NO_RDMA_BACKENDS)} (CPU, no RDMA)",
         field_path=".networking.transport",
         reason="FieldValueForbidden",
+    ),
+    cel(
+        f"self.backend != 'reference' || !has(self.model.source) || !has(self.model.source.builtin) "
+        f"|| self.model.source.builtin == '{REFERENCE_BUILTIN}'",
+        f"the reference backend serves the builtin {REFERENCE_BUILTIN} only",
+        field_path=".model.source.builtin",
+        reason="FieldValueInvalid",
     ),
     cel(
         f"{_backend_is_none_of(CPU_ONLY_BACKENDS)} || !has(self.topology) || !has(self.topology.gpuProduct)",

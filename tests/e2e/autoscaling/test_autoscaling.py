@@ -38,7 +38,7 @@ from triptych_operator.api import AutoscalingTargets
 from triptych_operator.autoscaler.decision import MetricReading, PodSample, recommend_all
 from triptych_operator.autoscaler.observe import RolePods, current_template_hashes, readings, role_pods
 from triptych_operator.autoscaler.sources import PrometheusSource, ScrapeSource
-from triptych_workers.engines.base import SamplingParams
+from triptych_workers.engines.sampling import SamplingParams
 from triptych_workers.roles.messages import VERB_PREFILL, PrefillWork, PromptMessage, SamplingMessage
 from triptych_workers.transport import RequestClient, Subjects
 from triptych_workers.transport.connection import NatsConnection

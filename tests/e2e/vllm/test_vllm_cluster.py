@@ -15,6 +15,7 @@ vLLM's own gauge shows it running more than one. Every wait has a deadline; noth
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import threading
@@ -57,7 +58,11 @@ ROLES_BY_MODE = {
     "E/P/D": ["frontend", "encode", "prefill", "decode"],
 }
 
-PLAIN_VLLM = f"""
+
+def plain_vllm_pod(prepare: list[str], model_dir: str, served_name: str) -> dict[str, Any]:
+    """A bare Pod of the vLLM image serving ``model_dir`` (written by its init container's ``prepare``, the
+    command the operator's init containers run) as ``served_name``: plain vLLM, no Triptych."""
+    pod: dict[str, Any] = yaml.safe_load(f"""
 apiVersion: v1
 kind: Pod
 metadata: {{name: plain-vllm, labels: {{app: plain-vllm}}}}
@@ -67,14 +72,14 @@ spec:
   - name: prepare-model
     image: {IMAGE}
     imagePullPolicy: Never
-    command: [python, -m, triptych_workers.engines.reference.prepare, --out, /models/reference]
+    command: {json.dumps(prepare)}
     volumeMounts: [{{name: model, mountPath: /models}}]
   containers:
   - name: vllm
     image: {IMAGE}
     imagePullPolicy: Never
-    command: [python, -m, vllm.entrypoints.openai.api_server, --model, /models/reference,
-              --served-model-name, {MODEL}, --host, 0.0.0.0, --port, "{ENGINE_PORT}"]
+    command: [python, -m, vllm.entrypoints.openai.api_server, --model, {model_dir},
+              --served-model-name, {served_name}, --host, 0.0.0.0, --port, "{ENGINE_PORT}"]
     env:
     - {{name: VLLM_TARGET_DEVICE, value: cpu}}
     - {{name: VLLM_CPU_KVCACHE_SPACE, value: "1"}}
@@ -88,7 +93,8 @@ spec:
   volumes:  # vLLM's engine and API processes talk through /dev/shm (a pod's default is 64 MB)
   - {{name: model, emptyDir: {{}}}}
   - {{name: shm, emptyDir: {{medium: Memory, sizeLimit: 1Gi}}}}
-"""
+""")
+    return pod
 
 
 @pytest.fixture(scope="module")
@@ -123,15 +129,13 @@ def _questions() -> dict[str, Any]:
     return {"text": TEXT, "image": _image_content(_data_url(_png(7)))}
 
 
-@pytest.fixture(scope="module")
-def plain(kube: Kube) -> dict[str, Answer]:
-    """One plain vLLM server's streamed answers (the same image, model and greedy request), then gone."""
-    namespace = "t-plain-vllm"
+@contextmanager
+def plain_vllm(kube: Kube, namespace: str, pod: dict[str, Any]) -> Iterator[openai.OpenAI]:
+    """``pod`` (``plain_vllm_pod``) running in a namespace of its own until Ready; yields a client of it
+    through a port-forward; afterwards the namespace is deleted, and the pod with it."""
     kube.run("create", "namespace", namespace, check=False)
     kube.run("label", "namespace", namespace, "triptych.dev/test=true", "--overwrite")
-    pod = yaml.safe_load(PLAIN_VLLM)
-    pod["metadata"]["namespace"] = namespace
-    kube.apply(pod)
+    kube.apply({**pod, "metadata": {**pod["metadata"], "namespace": namespace}})
     try:
         wait = kube.run(
             "wait", "--for=condition=Ready", "pod/plain-vllm", "-n", namespace,
@@ -139,11 +143,21 @@ def plain(kube: Kube) -> dict[str, Answer]:
         )  # fmt: skip
         assert wait.returncode == 0, f"plain vLLM not Ready: {wait.stderr}\n{_diagnostics(kube, namespace)}"
         with forwarded(kube, namespace, "pod/plain-vllm", ENGINE_PORT) as base:
-            client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=120, max_retries=0)
-            answers = {name: _ask(client, content) for name, content in _questions().items()}
+            yield openai.OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=120, max_retries=0)
     finally:
         kube.run("delete", "namespace", namespace, "--wait=true", "--timeout=120s", check=False, timeout=135)
-    return answers
+
+
+@pytest.fixture(scope="module")
+def plain(kube: Kube) -> dict[str, Answer]:
+    """One plain vLLM server's streamed answers (the same image, model and greedy request), then gone."""
+    pod = plain_vllm_pod(
+        ["python", "-m", "triptych_workers.engines.reference.prepare", "--out", "/models/reference"],
+        "/models/reference",
+        MODEL,
+    )
+    with plain_vllm(kube, "t-plain-vllm", pod) as client:
+        return {name: _ask(client, content) for name, content in _questions().items()}
 
 
 def _logs(kube: Kube, namespace: str) -> str:

@@ -38,7 +38,7 @@ pytest.importorskip("torch")
 
 import numpy as np
 from triptych_contract import METRIC_ITL, METRIC_PENDING_REQUESTS, METRIC_TTFT
-from triptych_workers.engines.base import MediaItem
+from triptych_workers.engines.media import MediaItem
 from triptych_workers.engines.reference.model_dir import prepare_model
 from triptych_workers.engines.reference.prompt import ReferencePrompter
 from triptych_workers.engines.reference.spec import ReferenceSpec, default_model_dir

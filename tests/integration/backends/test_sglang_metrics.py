@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from triptych_workers.engines.base import EngineError, EngineLoad
+from triptych_workers.engines.base import EngineLoad
+from triptych_workers.engines.errors import EngineError
 from triptych_workers.engines.load import parse_load
 from triptych_workers.engines.sglang.metrics import SGLANG_LOAD
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from triptych_contract import Backend
 from triptych_contract.backends import BACKEND_FACTS
-from triptych_operator.api import Role, WorkerRole, parse_spec
+from triptych_operator.api import BUILTIN_MODELS, BuiltinModel, Role, WorkerRole, parse_spec
 from triptych_operator.builders import build_role
 from triptych_operator.builders.backends import PROFILES, profile_for
 from triptych_operator.builders.backends.base import SIDECAR_RESOURCES, EngineServerProfile
@@ -308,3 +308,33 @@ def test_the_workers_read_the_concurrency_as_their_serving_concurrency() -> None
     spec = _spec("vllm", roles={"encode": {}, "decode": {"maxNumSeqs": 32}})
     assert worker_config_model.model_validate(_config(spec, "decode")).serving.concurrency == 32
     assert worker_config_model.model_validate(_config(spec, "encode")).serving.concurrency == 256
+
+
+# ------------------------------------------------------------------------------------------------ builtins
+def test_the_apis_builtin_models_are_the_ones_the_worker_image_writes() -> None:
+    from triptych_workers.engines.builtin.catalog import BUILTINS
+
+    assert set(BUILTIN_MODELS) == set(BUILTINS)
+    assert set(get_args(BuiltinModel)) == set(BUILTINS)
+
+
+@pytest.mark.parametrize("name", [n for n in BUILTIN_MODELS if n != "tiny-qwen2-vl"])
+def test_a_vllm_builtin_is_written_by_its_init_container_where_engine_and_frontend_read_it(name: str) -> None:
+    spec = _spec("vllm", model={"name": f"triptych/{name}", "source": {"builtin": name}})
+    for role in ("frontend", "encode", "decode"):
+        (prepare,) = _pod(spec, role)["initContainers"]
+        assert prepare["command"] == [
+            "python", "-m", "triptych_workers.engines.builtin.prepare",
+            "--model", name, "--out", f"/models/{name}",
+        ]  # fmt: skip
+        assert _config(spec, role)["model"]["path"] == f"/models/{name}"
+    assert _values(_engine_command(spec, "decode"), "--model") == [f"/models/{name}"]
+
+
+def test_the_reference_builtin_keeps_its_own_writer_and_directory() -> None:
+    spec = _spec("vllm", model={"name": "triptych/tiny-qwen2-vl", "source": {"builtin": "tiny-qwen2-vl"}})
+    (prepare,) = _pod(spec, "decode")["initContainers"]
+    assert prepare["command"] == [
+        "python", "-m", "triptych_workers.engines.reference.prepare", "--out", "/models/reference"
+    ]  # fmt: skip
+    assert _values(_engine_command(spec, "decode"), "--model") == ["/models/reference"]

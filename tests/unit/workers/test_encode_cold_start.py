@@ -18,13 +18,8 @@ import pytest
 from pydantic import ValidationError
 from triptych_contract import METRIC_PENDING_REQUESTS
 from triptych_workers.config import ServingConfig
-from triptych_workers.engines.base import (
-    MediaItem,
-    PlaceholderSpan,
-    RenderedPrompt,
-    SamplingParams,
-    TokenFrame,
-)
+from triptych_workers.engines.media import MediaItem, PlaceholderSpan, RenderedPrompt
+from triptych_workers.engines.sampling import SamplingParams, TokenFrame
 from triptych_workers.metrics import WorkerMetrics
 from triptych_workers.roles.frontend import error_body
 from triptych_workers.roles.messages import (

@@ -9,7 +9,8 @@ import asyncio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from triptych_contract import METRIC_IN_FLIGHT, METRIC_KV_CACHE_UTILIZATION, METRIC_QUEUE_DEPTH
-from triptych_workers.engines.base import EngineError, EngineLoad
+from triptych_workers.engines.base import EngineLoad
+from triptych_workers.engines.errors import EngineError
 from triptych_workers.engines.load import LoadGauges, parse_load
 from triptych_workers.metrics import WorkerMetrics
 

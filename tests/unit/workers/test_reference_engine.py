@@ -22,23 +22,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from triptych_workers.engines.base import (  # noqa: E402
-    DecodeRequest,
-    DecodeStep,
-    EncodedItem,
-    EncodeRequest,
-    Engine,
-    EngineError,
-    InvalidEngineInputError,
-    MediaItem,
-    ModelDirError,
-    PrefillRequest,
-    PrefillResult,
-    RenderedPrompt,
-    SamplingParams,
-    TensorBuffer,
-    TokenFrame,
-)
+from triptych_workers.engines.base import Engine  # noqa: E402
+from triptych_workers.engines.errors import EngineError, InvalidEngineInputError, ModelDirError  # noqa: E402
+from triptych_workers.engines.kv import DecodeRequest, PrefillRequest, PrefillResult  # noqa: E402
+from triptych_workers.engines.media import EncodedItem, EncodeRequest, MediaItem, RenderedPrompt  # noqa: E402
 from triptych_workers.engines.reference import prepare  # noqa: E402
 from triptych_workers.engines.reference.engine import (  # noqa: E402
     ReferenceEngine,
@@ -47,6 +34,8 @@ from triptych_workers.engines.reference.engine import (  # noqa: E402
 )
 from triptych_workers.engines.reference.model_dir import prepare_model  # noqa: E402
 from triptych_workers.engines.reference.spec import MANIFEST, ReferenceSpec, default_model_dir  # noqa: E402
+from triptych_workers.engines.sampling import DecodeStep, SamplingParams, TokenFrame  # noqa: E402
+from triptych_workers.engines.tensors import TensorBuffer  # noqa: E402
 from triptych_workers.engines.text import IncrementalDetokenizer  # noqa: E402
 
 MAX_TOKENS = 24
@@ -476,7 +465,7 @@ async def test_async_engine_streams_the_same_tokens_and_stops_when_left(model: R
     assert isinstance(engine, Engine)
     try:
         messages, media = CASES["image"]
-        prompt = engine.render_chat(messages, media)
+        prompt = engine.prompter.render_chat(messages, media)
         items = await engine.encode([EncodeRequest(media[0], prompt.spans[0])])
         greedy = SamplingParams(max_tokens=MAX_TOKENS)
         result = await engine.prefill(PrefillRequest(prompt, tuple(items), greedy))

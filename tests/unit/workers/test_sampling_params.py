@@ -10,7 +10,8 @@ import math
 from typing import Any
 
 import pytest
-from triptych_workers.engines.base import InvalidEngineInputError, SamplingParams
+from triptych_workers.engines.errors import InvalidEngineInputError
+from triptych_workers.engines.sampling import SamplingParams
 from triptych_workers.errors import ClientError
 from triptych_workers.protocol import ChatCompletionRequest, InvalidRequestError, parse_request
 from triptych_workers.roles.frontend.serving import sampling_from

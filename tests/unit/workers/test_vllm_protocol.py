@@ -11,8 +11,10 @@ import base64
 import json
 
 import pytest
-from triptych_workers.engines.base import EngineError, PlaceholderSpan, SamplingParams, TokenFrame, coalesce
+from triptych_workers.engines.errors import EngineError
 from triptych_workers.engines.load import parse_load
+from triptych_workers.engines.media import PlaceholderSpan
+from triptych_workers.engines.sampling import SamplingParams, TokenFrame, coalesce
 from triptych_workers.engines.vllm import protocol
 from triptych_workers.errors import ClientError
 
@@ -40,6 +42,17 @@ def test_each_span_folds_back_to_its_first_token() -> None:
 def test_a_span_that_is_not_a_run_of_one_token_is_refused(spans: list[PlaceholderSpan], message: str) -> None:
     with pytest.raises(EngineError, match=message):
         protocol.collapse_placeholders([1, 2, 5, 5, 5, 3, 5, 5, 4], spans)
+
+
+def test_a_span_that_names_its_placeholder_folds_to_it_whatever_it_holds() -> None:
+    """Idefics3's expansion of ``<image>`` (id 7 here) holds tile and row tokens (8, 9) around the image
+    tokens: the span folds back to the one token the template wrote, not to its first token."""
+    tokens = [1, 8, 7, 7, 9, 8, 7, 7, 2, 3, 8, 7, 4]
+    spans = [
+        PlaceholderSpan("image", 1, 7, H, placeholder=7),
+        PlaceholderSpan("image", 10, 2, H, placeholder=7),
+    ]
+    assert protocol.collapse_placeholders(tokens, spans) == [1, 7, 2, 3, 7, 4]
 
 
 def test_sampling_fields_carry_vllms_names_and_optional_ones_only_when_set() -> None:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from triptych_workers.engines.base import EngineError, EngineLoad
+from triptych_workers.engines.base import EngineLoad
+from triptych_workers.engines.errors import EngineError
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,17 @@
 """The backends this worker runtime can run, by name: the one place a backend is wired in.
 
-An entry says how a worker process loads the backend's ``Engine`` and how the frontend builds its torch-free
+An entry says how a worker process loads the backend's ``Engine`` and how the frontend builds its
 ``Prompter``, both from the worker config alone. ``main`` and the frontend look the configured backend up
 here and never name one; adding a backend means adding its engine package and one entry below.
 
 Each loader imports its backend's modules only when it is called: a worker image carries only its own
-backend's packages, and the frontend, which imports this module, must never load torch (only a worker
-process calls ``load_engine``). Import-linter cannot tell a deferred import from one at the top, so
-the frontend contract in ``.importlinter`` ignores the engine loaders' imports (one line per backend), and
-tests check real processes instead (``test_frontend_imports_no_torch``, ``test_engine_registry``).
+backend's packages, and importing the frontend never loads torch (only a worker process calls
+``load_engine``). The reference backend's prompter is torch-free; vLLM's renders with the model's own
+processor (``engines.renderer``), so a vLLM frontend loads transformers and torch when it starts, in its
+own process: the price of rendering exactly as the model (and vLLM) does. Import-linter cannot tell a
+deferred import from one at the top, so the frontend contract in ``.importlinter`` ignores the loaders'
+imports (one line each), and tests check real processes instead (``test_frontend_imports_no_torch``,
+``test_engine_registry``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from triptych_contract import Backend
 
 from triptych_workers.config import ConfigError, WorkerConfig
 from triptych_workers.engines.base import Engine, Prompter
+from triptych_workers.engines.errors import ModelDirError
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +34,8 @@ class BackendEntry:
     load_engine: Callable[[WorkerConfig], Awaitable[Engine]]
     """The in-process engine of an encode, prefill, decode or aggregated worker (may import torch)."""
     load_prompter: Callable[[WorkerConfig], Prompter]
-    """The frontend's prompt renderer (must not import torch)."""
+    """The frontend's prompt renderer (the reference's is torch-free; one that runs the model's own
+    processor imports transformers, and with it torch, in the frontend's process)."""
 
 
 async def _load_reference_engine(config: WorkerConfig) -> Engine:
@@ -42,7 +47,21 @@ async def _load_reference_engine(config: WorkerConfig) -> Engine:
 def _load_reference_prompter(config: WorkerConfig) -> Prompter:
     from triptych_workers.engines.reference.prompt import ReferencePrompter  # noqa: PLC0415 - module docstring
 
-    return ReferencePrompter(Path(config.model.path))
+    try:
+        return ReferencePrompter(Path(config.model.path))
+    except ModelDirError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _load_processor_prompter(config: WorkerConfig) -> Prompter:
+    """The model's own processor renders (``engines.renderer``); a model it cannot render for is refused
+    here, at startup, as a configuration error naming the architecture."""
+    from triptych_workers.engines.renderer import ProcessorRenderer  # noqa: PLC0415 - imports transformers
+
+    try:
+        return ProcessorRenderer(config.model.path, config.modalities)
+    except ModelDirError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 ENGINE_STARTUP_TIMEOUT_S = 1800.0
@@ -70,9 +89,9 @@ async def _load_vllm_engine(config: WorkerConfig) -> Engine:
 
 _BACKENDS: Mapping[Backend, BackendEntry] = {
     "reference": BackendEntry(load_engine=_load_reference_engine, load_prompter=_load_reference_prompter),
-    # vLLM's frontend renders with the model directory's own tokenizer, chat template and Qwen2-VL
-    # placeholder arithmetic (the reference prompter); vLLM checks the expansion on every request.
-    "vllm": BackendEntry(load_engine=_load_vllm_engine, load_prompter=_load_reference_prompter),
+    # vLLM's frontend renders with the model's own chat template and processor, as vLLM does; the sidecar
+    # checks vLLM's expansion against it on every request.
+    "vllm": BackendEntry(load_engine=_load_vllm_engine, load_prompter=_load_processor_prompter),
 }
 
 

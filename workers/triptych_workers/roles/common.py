@@ -14,16 +14,10 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from triptych_workers.cache import EncoderCache, EncoderCacheStats
-from triptych_workers.engines.base import (
-    EncodedItem,
-    EncodeRequest,
-    Engine,
-    EngineError,
-    InvalidEngineInputError,
-    MediaItem,
-    PlaceholderSpan,
-    TensorBuffer,
-)
+from triptych_workers.engines.base import Engine
+from triptych_workers.engines.errors import EngineError, InvalidEngineInputError
+from triptych_workers.engines.media import EncodedItem, EncodeRequest, MediaItem, PlaceholderSpan
+from triptych_workers.engines.tensors import TensorBuffer
 from triptych_workers.errors import ClientError
 from triptych_workers.media.image import decode_image
 from triptych_workers.roles.messages import EncodedRef, ErrorMessage, MediaRef, SpanMessage, TensorRef

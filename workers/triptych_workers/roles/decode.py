@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping
 
-from triptych_workers.engines.base import DecodeRequest, PrefillResult
+from triptych_workers.engines.kv import DecodeRequest, PrefillResult
 from triptych_workers.roles.common import fetch_tensor, parse_work, resolve_items
 from triptych_workers.roles.messages import VERB_DECODE, DecodeWork
 from triptych_workers.roles.server import WorkerContext

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 
-from triptych_workers.engines.base import EngineError
+from triptych_workers.engines.errors import EngineError
 from triptych_workers.roles.common import parse_work, publish_encoded
 from triptych_workers.roles.messages import VERB_ENCODE, EncodeWork
 from triptych_workers.roles.server import WorkerContext

@@ -19,14 +19,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, JsonValue
 from triptych_contract import Modality
 
-from triptych_workers.engines.base import (
-    FinishReason,
-    KVLayout,
-    PlaceholderSpan,
-    RenderedPrompt,
-    SamplingParams,
-    TokenFrame,
-)
+from triptych_workers.engines.kv import KVLayout
+from triptych_workers.engines.media import PlaceholderSpan, RenderedPrompt
+from triptych_workers.engines.sampling import FinishReason, SamplingParams, TokenFrame
 
 VERB_ENCODE = "encode"
 VERB_PREFILL = "prefill"
@@ -54,13 +49,20 @@ class SpanMessage(Message):
     offset: int
     length: int
     media_hash: str
+    placeholder: int | None = None
 
     @classmethod
     def of(cls, span: PlaceholderSpan) -> SpanMessage:
-        return cls(modality=span.modality, offset=span.offset, length=span.length, media_hash=span.media_hash)
+        return cls(
+            modality=span.modality,
+            offset=span.offset,
+            length=span.length,
+            media_hash=span.media_hash,
+            placeholder=span.placeholder,
+        )
 
     def unit(self) -> PlaceholderSpan:
-        return PlaceholderSpan(self.modality, self.offset, self.length, self.media_hash)
+        return PlaceholderSpan(self.modality, self.offset, self.length, self.media_hash, self.placeholder)
 
 
 class MediaRef(Message):

@@ -28,14 +28,9 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from triptych_workers.engines.base import (
-    EncodedItem,
-    Engine,
-    MediaItem,
-    RenderedPrompt,
-    SamplingParams,
-    TokenFrame,
-)
+from triptych_workers.engines.base import Engine
+from triptych_workers.engines.media import EncodedItem, MediaItem, RenderedPrompt
+from triptych_workers.engines.sampling import SamplingParams, TokenFrame
 from triptych_workers.errors import TriptychError
 from triptych_workers.roles.common import (
     CachedEncoder,

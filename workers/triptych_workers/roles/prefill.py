@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 
-from triptych_workers.engines.base import PrefillRequest
+from triptych_workers.engines.kv import PrefillRequest
 from triptych_workers.roles.common import parse_work, publish_encoded, publish_tensor, resolve_items
 from triptych_workers.roles.messages import VERB_PREFILL, KVLayoutMessage, PrefillRef, PrefillWork
 from triptych_workers.roles.server import WorkerContext

@@ -23,7 +23,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from triptych_contract import LIVENESS_PATH, METRICS_PATH, READINESS_PATH
 
 from triptych_workers.config import Settings
-from triptych_workers.engines.base import Engine, EngineError, EngineLoad, ReportsLoad, TokenFrame
+from triptych_workers.engines.base import Engine, EngineLoad, ReportsLoad
+from triptych_workers.engines.errors import EngineError
+from triptych_workers.engines.sampling import TokenFrame
 from triptych_workers.errors import ClientError, TriptychError
 from triptych_workers.metrics import WorkerMetrics
 from triptych_workers.roles.common import CachedEncoder, Plane, error_chunk

@@ -33,13 +33,36 @@ from triptych_contract import (
 )
 from triptych_contract.backends import BACKEND_FACTS, BUILTIN_MODEL_PREPARE_MODULE, BackendFacts
 
-from triptych_operator.api import MultimodalDeploymentSpec, Role, RoleBase, WorkerRole
+from triptych_operator.api import REFERENCE_BUILTIN, MultimodalDeploymentSpec, Role, RoleBase, WorkerRole
 
 MODEL_MOUNT = "/models"
-# The builtin model (model.source.builtin, and always the reference backend's): the worker image writes it.
+# The builtin models (model.source.builtin; tiny-qwen2-vl is always the reference backend's): the worker
+# image writes them (triptych_workers.engines.builtin). The reference's has its own writer and directory.
 BUILTIN_MODEL_DIR = f"{MODEL_MOUNT}/reference"
 BUILTIN_PREPARE_COMMAND = ["python", "-m", BUILTIN_MODEL_PREPARE_MODULE, "--out", BUILTIN_MODEL_DIR]
 BUILTIN_MODEL_VOLUME_SIZE = "1Gi"
+
+
+def builtin_model_dir(name: str) -> str:
+    """Where a builtin model is written in the pod (the reference's directory is historic)."""
+    return BUILTIN_MODEL_DIR if name == REFERENCE_BUILTIN else f"{MODEL_MOUNT}/{name}"
+
+
+def builtin_prepare_command(name: str) -> list[str]:
+    """The init container's command that writes builtin model ``name`` into ``builtin_model_dir(name)``."""
+    if name == REFERENCE_BUILTIN:
+        return list(BUILTIN_PREPARE_COMMAND)
+    return [
+        "python",
+        "-m",
+        "triptych_workers.engines.builtin.prepare",
+        "--model",
+        name,
+        "--out",
+        builtin_model_dir(name),
+    ]
+
+
 PREPARE_RESOURCES = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - engines serve the pod network (the worker and the frontend call them)
 ENGINE_HEALTH_PATH = "/health"  # vLLM, SGLang and trtllm-serve all serve it on their HTTP port
@@ -105,19 +128,19 @@ class PodContext:
         volume = {"name": "model", "persistentVolumeClaim": {"claimName": self.model_pvc, "readOnly": True}}
         return [volume], [model_mount()]
 
-    def local_model(self, *, builtin: bool) -> tuple[list[Json], list[Json], list[Json]]:
+    def local_model(self, *, builtin: str | None) -> tuple[list[Json], list[Json], list[Json]]:
         """(volumes, mounts, init containers) of a model read from the pod's own files: the PVC when the
-        spec names one; else, for the builtin model, an emptyDir that an init container from the backend's
-        image fills (a few MB in seconds; the fixed-seed weights are the same in every pod, so each pod
-        writes its own copy and no shared volume is needed); else nothing (a hub id)."""
+        spec names one; else, for a builtin model (its name), an emptyDir that an init container from the
+        backend's image fills (a few MB in seconds; the fixed-seed weights are the same in every pod, so
+        each pod writes its own copy and no shared volume is needed); else nothing (a hub id)."""
         volumes, mounts = self.pvc_model()
-        if volumes or not builtin:
+        if volumes or builtin is None:
             return volumes, mounts, []
         prepare = {
             "name": "prepare-model",
             "image": self.backend_image,
             "imagePullPolicy": self.image_pull_policy,
-            "command": list(BUILTIN_PREPARE_COMMAND),
+            "command": builtin_prepare_command(builtin),
             "resources": PREPARE_RESOURCES,
             "volumeMounts": [model_mount(read_only=False)],
         }
@@ -157,7 +180,7 @@ class BackendProfile(ABC):
         if src is not None and src.pvc is not None:
             return MODEL_MOUNT + (src.path or "").rstrip("/")
         if src is not None and src.builtin is not None:
-            return BUILTIN_MODEL_DIR
+            return builtin_model_dir(src.builtin)
         if src is not None and src.hub is not None:
             return src.hub
         return spec.model.name

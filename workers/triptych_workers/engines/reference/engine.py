@@ -39,7 +39,7 @@ import asyncio
 import json
 import math
 import secrets
-from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
@@ -52,27 +52,14 @@ from safetensors.numpy import load_file
 from transformers import DynamicCache, Qwen2VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from triptych_workers.engines.base import (
-    DecodeRequest,
-    DecodeStep,
-    EncodedItem,
-    EncodeRequest,
-    EngineError,
-    EngineInfo,
-    FinishReason,
-    InvalidEngineInputError,
-    KVLayout,
-    MediaItem,
-    PrefillRequest,
-    PrefillResult,
-    PromptTooLongError,
-    RenderedPrompt,
-    SamplingParams,
-    TensorBuffer,
-    TokenFrame,
-)
+from triptych_workers.engines.base import EngineInfo
+from triptych_workers.engines.errors import EngineError, InvalidEngineInputError, PromptTooLongError
+from triptych_workers.engines.kv import DecodeRequest, KVLayout, PrefillRequest, PrefillResult
+from triptych_workers.engines.media import EncodedItem, EncodeRequest, MediaItem, RenderedPrompt
 from triptych_workers.engines.reference.prompt import ReferencePrompter, smart_resize
 from triptych_workers.engines.reference.spec import AUDIO_WEIGHTS, CLIP_MEAN, CLIP_STD
+from triptych_workers.engines.sampling import DecodeStep, FinishReason, SamplingParams, TokenFrame
+from triptych_workers.engines.tensors import TensorBuffer
 
 _KV_ORDER = ("layer", "kv", "head", "token", "dim")
 
@@ -434,20 +421,10 @@ class ReferenceEngine:
     def info(self) -> EngineInfo:
         return self._model.info
 
-    def render_chat(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        media: Sequence[MediaItem],
-        *,
-        add_generation_prompt: bool = True,
-    ) -> RenderedPrompt:
-        return self._model.prompter.render_chat(messages, media, add_generation_prompt=add_generation_prompt)
-
-    def render_text(self, prompt: str, media: Sequence[MediaItem] = ()) -> RenderedPrompt:
-        return self._model.prompter.render_text(prompt, media)
-
-    def detokenize(self, token_ids: Sequence[int]) -> str:
-        return self._model.prompter.detokenize(token_ids)
+    @property
+    def prompter(self) -> ReferencePrompter:
+        """The model's prompt renderer (what the frontend renders with; tests render through it)."""
+        return self._model.prompter
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

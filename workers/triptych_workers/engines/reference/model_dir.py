@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,7 +42,8 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
-from triptych_workers.engines.base import ModelDirError
+from triptych_workers.engines.errors import ModelDirError
+from triptych_workers.engines.model_files import write_once
 from triptych_workers.engines.reference.spec import (
     AUDIO_PAD,
     AUDIO_START,
@@ -78,23 +76,7 @@ def prepare_model(path: Path | None = None, spec: ReferenceSpec | None = None) -
     """
     spec = spec or ReferenceSpec()
     target = path if path is not None else default_model_dir(spec)
-    if target.exists():
-        _check_existing(target, spec)
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        _write_model(tmp, spec)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not target.exists():
-                raise
-            _check_existing(target, spec)  # another writer won the race with the same content
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return write_once(target, lambda out: _write_model(out, spec), lambda t: _check_existing(t, spec))
 
 
 def _check_existing(target: Path, spec: ReferenceSpec) -> None:

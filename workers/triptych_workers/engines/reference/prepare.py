@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from triptych_workers.engines.base import ModelDirError
+from triptych_workers.engines.errors import ModelDirError
 from triptych_workers.engines.reference.model_dir import prepare_model
 from triptych_workers.engines.reference.spec import ReferenceSpec, default_model_dir
 

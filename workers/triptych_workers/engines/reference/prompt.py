@@ -17,13 +17,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 from triptych_contract import Modality
 
-from triptych_workers.engines.base import (
-    InvalidEngineInputError,
-    MediaItem,
-    PlaceholderSpan,
-    PromptTooLongError,
-    RenderedPrompt,
-)
+from triptych_workers.engines.errors import InvalidEngineInputError
+from triptych_workers.engines.media import MediaItem, RenderedPrompt, expand_placeholders
 from triptych_workers.engines.reference.spec import read_manifest, spec_from_manifest
 from triptych_workers.engines.text import IncrementalDetokenizer
 
@@ -133,38 +128,13 @@ class ReferencePrompter:
     def render_text(self, prompt: str, media: Sequence[MediaItem] = ()) -> RenderedPrompt:
         """Tokenizes ``prompt`` and expands its placeholders; they must match ``media`` one to one."""
         ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
-        out: list[int] = []
-        spans: list[PlaceholderSpan] = []
-        pending = list(media)
-        for token_id in ids:
-            modality = self._modality_of_pad.get(token_id)
-            if modality is None:
-                out.append(token_id)
-                continue
-            if not pending:
-                raise InvalidEngineInputError(
-                    f"the prompt has more {modality} placeholders than media", param="messages"
-                )
-            item = pending.pop(0)
-            if item.modality != modality:
-                raise InvalidEngineInputError(
-                    f"placeholder for {modality} met a {item.modality} item; media out of order",
-                    param="messages",
-                )
-            count = self.placeholder_count(item)
-            spans.append(PlaceholderSpan(modality, len(out), count, item.media_hash))
-            out.extend([token_id] * count)
-        if pending:
-            raise InvalidEngineInputError(
-                f"{len(pending)} media item(s) have no placeholder in the prompt", param="messages"
-            )
-        if len(out) >= self.spec.max_position_embeddings:
-            raise PromptTooLongError(
-                f"prompt of {len(out)} tokens leaves no room in a "
-                f"{self.spec.max_position_embeddings}-token context",
-                param="messages",
-            )
-        return RenderedPrompt(tuple(out), tuple(spans))
+        return expand_placeholders(
+            ids,
+            media,
+            self._modality_of_pad,
+            lambda item: [self._pad_ids[item.modality]] * self.placeholder_count(item),
+            max_model_len=self.spec.max_position_embeddings,
+        )
 
     # -- detokenizing ----------------------------------------------------------------------------------------
     def detokenize(self, token_ids: Sequence[int]) -> str:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from triptych_workers.engines.base import ModelDirError
+from triptych_workers.engines.errors import ModelDirError
 
 # TODO(contract): move to triptych_contract with the other env var names once that module has its list.
 MODEL_CACHE_ENV = "TRIPTYCH_MODEL_CACHE"

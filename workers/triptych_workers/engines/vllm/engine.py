@@ -37,23 +37,13 @@ import numpy as np
 from PIL import Image
 from triptych_contract import Modality
 
-from triptych_workers.engines.base import (
-    DecodeRequest,
-    EncodedItem,
-    EncodeRequest,
-    EngineError,
-    EngineInfo,
-    EngineLoad,
-    MediaItem,
-    PrefillRequest,
-    PrefillResult,
-    RenderedPrompt,
-    SamplingParams,
-    TensorBuffer,
-    TokenFrame,
-    coalesce,
-)
+from triptych_workers.engines.base import EngineInfo, EngineLoad
+from triptych_workers.engines.errors import EngineError
+from triptych_workers.engines.kv import DecodeRequest, PrefillRequest, PrefillResult
 from triptych_workers.engines.load import parse_load
+from triptych_workers.engines.media import EncodedItem, EncodeRequest, MediaItem, RenderedPrompt
+from triptych_workers.engines.sampling import SamplingParams, TokenFrame, coalesce
+from triptych_workers.engines.tensors import TensorBuffer
 from triptych_workers.engines.vllm import protocol
 from triptych_workers.engines.vllm.protocol import MediaFile
 
@@ -139,22 +129,6 @@ class VllmEngine:
     @property
     def info(self) -> EngineInfo:
         return self._info
-
-    # -- what the sidecar never does: the frontend renders, vLLM detokenizes -------------------------------
-    def render_chat(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        media: Sequence[MediaItem],
-        *,
-        add_generation_prompt: bool = True,
-    ) -> RenderedPrompt:
-        raise EngineError("a vLLM worker does not render prompts (the frontend does)")
-
-    def render_text(self, prompt: str, media: Sequence[MediaItem] = ()) -> RenderedPrompt:
-        raise EngineError("a vLLM worker does not render prompts (the frontend does)")
-
-    def detokenize(self, token_ids: Sequence[int]) -> str:
-        raise EngineError("a vLLM worker does not detokenize (vLLM's answers carry the text)")
 
     # -- the stages -----------------------------------------------------------------------------------------
     async def encode(self, requests: Sequence[EncodeRequest]) -> list[EncodedItem]:

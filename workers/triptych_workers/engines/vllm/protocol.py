@@ -28,15 +28,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from triptych_workers.engines.base import (
-    EngineError,
-    FinishReason,
-    PlaceholderSpan,
-    SamplingParams,
-    TokenFrame,
-    UnsupportedModalityError,
-)
+from triptych_workers.engines.errors import EngineError, UnsupportedModalityError
 from triptych_workers.engines.load import LoadGauges
+from triptych_workers.engines.media import PlaceholderSpan
+from triptych_workers.engines.sampling import FinishReason, SamplingParams, TokenFrame
 from triptych_workers.errors import ClientError
 
 GENERATE_PATH = "/inference/v1/generate"
@@ -70,17 +65,19 @@ class MediaFile:
 
 
 def collapse_placeholders(token_ids: Sequence[int], spans: Sequence[PlaceholderSpan]) -> list[int]:
-    """``token_ids`` with each span folded back to its first token (what vLLM's processor expands)."""
+    """``token_ids`` with each span folded back to the one placeholder token the template wrote for it (what
+    vLLM's processor expands): the span's ``placeholder``, or for a span without one (a run of one token) its
+    first token."""
     out: list[int] = []
     at = 0
     for span in sorted(spans, key=lambda s: s.offset):
         if span.offset < at or span.end > len(token_ids) or span.length < 1:
             raise EngineError(f"placeholder span {span.offset}+{span.length} does not fit the prompt")
         pad = token_ids[span.offset : span.end]
-        if any(t != pad[0] for t in pad):
+        if span.placeholder is None and any(t != pad[0] for t in pad):
             raise EngineError("a placeholder span holds more than one token id: it cannot be collapsed")
         out += token_ids[at : span.offset]
-        out.append(pad[0])
+        out.append(pad[0] if span.placeholder is None else span.placeholder)
         at = span.end
     out += token_ids[at:]
     return out

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from triptych_contract import Modality
 
-from triptych_workers.engines.base import MediaItem, UnsupportedModalityError
+from triptych_workers.engines.errors import UnsupportedModalityError
+from triptych_workers.engines.media import MediaItem
 from triptych_workers.hashing import hash_media
 from triptych_workers.media.audio import AudioOptions, decode_audio_async
 from triptych_workers.media.connector import MediaConnector

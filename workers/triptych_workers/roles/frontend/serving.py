@@ -27,14 +27,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from triptych_workers.config import WorkerConfig
-from triptych_workers.engines.base import (
-    FinishReason,
-    MediaItem,
-    Prompter,
-    RenderedPrompt,
-    SamplingParams,
-    TokenFrame,
-)
+from triptych_workers.engines.base import Prompter
+from triptych_workers.engines.media import MediaItem, RenderedPrompt
+from triptych_workers.engines.sampling import FinishReason, SamplingParams, TokenFrame
 from triptych_workers.metrics import Outcome, WorkerMetrics
 from triptych_workers.protocol import (
     SSE_DONE,

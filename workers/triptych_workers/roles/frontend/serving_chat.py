@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from triptych_workers.engines.base import MediaItem, RenderedPrompt
+import asyncio
+from functools import partial
+
+from triptych_workers.engines.media import MediaItem, RenderedPrompt
 from triptych_workers.protocol import (
     AssistantResponseMessage,
     ChatChunkChoice,
@@ -25,9 +28,13 @@ class OpenAIServingChat(OpenAIServing[ChatCompletionRequest]):
             raise Unsupported(
                 "logprobs and tools are not supported", param="logprobs" if body.logprobs else "tools"
             )
-        media = await self.context.loader().load(body.media_parts())
+        loader = self.context.loader()
+        media = await loader.load(body.media_parts())
         messages = [m.model_dump(mode="json", exclude_none=True) for m in body.messages]
-        return self.context.prompter.render_chat(messages, media, add_generation_prompt=True), media
+        # Off the event loop, on the lifespan's decode pool: a renderer that runs the model's processor
+        # takes milliseconds to tenths of a second for an item of a geometry it has not seen yet.
+        render = partial(self.context.prompter.render_chat, messages, media, add_generation_prompt=True)
+        return await asyncio.get_running_loop().run_in_executor(loader.executor, render), media
 
     def max_tokens(self, body: ChatCompletionRequest) -> int | None:
         return body.max_output_tokens

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from triptych_workers.engines.base import MediaItem, RenderedPrompt
+from triptych_workers.engines.media import MediaItem, RenderedPrompt
 from triptych_workers.protocol import CompletionChoice, CompletionRequest, CompletionResponse, Usage
 from triptych_workers.roles.frontend.errors import Unsupported
 from triptych_workers.roles.frontend.serving import OpenAIServing, Output
