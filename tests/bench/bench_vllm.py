@@ -61,6 +61,7 @@ SAMPLES = 6  # per kind of prompt, per side
 CACHE_PAIRS = 6
 TEXT = "Hello, world! How are you today?"
 MAX_NUM_SEQS = 256  # every vLLM's --max-num-seqs, and every sidecar's serving.concurrency
+VLLM_ARGS = ("--max-num-seqs", str(MAX_NUM_SEQS))
 REQUEST_TIMEOUT_S = 300
 TARGETS = ("plain", "EPD", "E/PD", "E/P/D")
 # Each Triptych mode's sidecars: (name: its triptych-worker role, the config's role, its vLLM's flags).
@@ -160,7 +161,11 @@ def _running(python: Path, tmp: Path, model_dir: Path, mode: str) -> Iterator[Ta
     with contextlib.ExitStack() as stack:  # stops, last started first: the roles, the vLLMs, NATS
         if mode == "plain":
             stack.callback(_stop_servers, servers)
-            servers.append(start_vllm(python, tmp, "plain", model_dir, **_vllm_kwargs(omp)))
+            servers.append(
+                start_vllm(
+                    python, tmp, "plain", model_dir, served=SERVED, extra_args=VLLM_ARGS, omp_threads=omp
+                )
+            )
             wait_ready(servers, timeout_s=READY_TIMEOUT_S)
             yield Target("plain vLLM", servers[0].url, {"vllm": servers[0].process.pid})
             return
@@ -168,7 +173,11 @@ def _running(python: Path, tmp: Path, model_dir: Path, mode: str) -> Iterator[Ta
         nats.start()
         stack.callback(_stop_servers, servers)
         for _, _, flags in STAGES[mode]:
-            servers.append(start_vllm(python, tmp, flags, model_dir, **_vllm_kwargs(omp)))
+            servers.append(
+                start_vllm(
+                    python, tmp, flags, model_dir, served=SERVED, extra_args=VLLM_ARGS, omp_threads=omp
+                )
+            )
         wait_ready(servers, timeout_s=READY_TIMEOUT_S)
         base = base_config(
             "benchvllm", mode, model_dir, nats.url,
@@ -202,10 +211,6 @@ def omp_threads() -> int | None:
     """``OMP_THREADS`` (default 1; 0: torch's default)."""
     threads = int(vllm_load.env_list("OMP_THREADS", ["1"])[0])
     return threads or None
-
-
-def _vllm_kwargs(omp: int | None) -> dict[str, Any]:
-    return {"served": SERVED, "extra_args": ["--max-num-seqs", str(MAX_NUM_SEQS)], "omp_threads": omp}
 
 
 def _slug(mode: str) -> str:
